@@ -1,0 +1,144 @@
+"""Typed step results and the ``result.json`` convention.
+
+    python -c "from sparsepipe.results import read_result; print(read_result('runs/demo/train'))"
+
+Every step writes ``<out>/result.json``: the step name, the variant it belongs to, the paths
+of everything it produced (relative to the out dir, so the folder can be moved or uploaded),
+its metrics (names shared with MLflow, KFP and the report) and its config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sparsepipe.errors import SparsepipeError
+
+RESULT_FILE = "result.json"
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename.
+
+    A killed process leaves either the old file or the new one, never half a file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Text flavour of :func:`atomic_write_bytes` (UTF-8)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy a file to ``dst`` via a temporary name in the destination folder and a rename."""
+    import shutil
+
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dst
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        return value.item()
+    return value
+
+
+@dataclasses.dataclass
+class StepResult:
+    """What a step produced: ``files`` maps a role (``onnx``, ``weights``...) to a path.
+
+    Paths inside ``out_dir`` are stored relative to it; :meth:`path` resolves them again.
+    """
+
+    step: str
+    out_dir: str
+    variant: str = ""
+    files: dict[str, str] = dataclasses.field(default_factory=dict)
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def path(self, role: str) -> Path:
+        """Absolute path of the file produced under ``role`` (raises if the step made none)."""
+        if role not in self.files:
+            raise SparsepipeError(
+                f"The {self.step} result in {self.out_dir} has no '{role}' file "
+                f"(it has: {', '.join(sorted(self.files)) or 'none'}). Point the next step at "
+                f"the output of the step that produces a '{role}'."
+            )
+        p = Path(self.files[role])
+        return p if p.is_absolute() else Path(self.out_dir) / p
+
+    def to_dict(self) -> dict[str, Any]:
+        data = _jsonable(self)
+        out = Path(self.out_dir).resolve()
+        rel = {}
+        for role, value in self.files.items():
+            p = Path(value)
+            try:
+                rel[role] = str(p.resolve().relative_to(out)) if p.is_absolute() else str(p)
+            except ValueError:
+                rel[role] = str(p)
+        data["files"] = rel
+        return data
+
+    def write(self) -> Path:
+        """Write ``<out_dir>/result.json`` atomically and return its path."""
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        return atomic_write_text(Path(self.out_dir) / RESULT_FILE, text)
+
+
+def read_result(location: str | os.PathLike) -> StepResult:
+    """Read a step's ``result.json`` from its out dir (or the file itself)."""
+    path = Path(location)
+    if path.is_dir():
+        path = path / RESULT_FILE
+    if not path.is_file():
+        raise SparsepipeError(
+            f"No step result at {path}: expected the --out folder of an earlier sparsepipe step "
+            f"(it holds {RESULT_FILE}). Run that step first or fix the path."
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SparsepipeError(
+            f"{path} is not a readable sparsepipe result ({exc}). Re-run the step that wrote it."
+        ) from None
+    fields = {f.name for f in dataclasses.fields(StepResult)}
+    data = {k: v for k, v in data.items() if k in fields}
+    data["out_dir"] = str(path.parent)
+    return StepResult(**data)
