@@ -1,0 +1,7 @@
+"""``python -m sparsepipe`` = the ``sparsepipe`` command."""
+
+import sys
+
+from sparsepipe.cli import main
+
+sys.exit(main())

@@ -1,0 +1,231 @@
+"""Measure CPU latency and throughput of ONNX models with onnxruntime.
+
+    sparsepipe benchmark --model runs/export --batch 1 --threads 2 --iterations 200 --out runs/bench
+
+One session per model, fixed threads, warm-up first, then either a fixed number of
+iterations or a duration. With ``--baseline``, the baseline model is timed in the same run,
+interleaved in rounds with the candidate so machine drift hits both equally, and
+``speedup_vs_baseline`` is the ratio of their medians. Performance claims come from these
+printed ratios, never from timed assertions in tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sparsepipe.errors import ConfigError, ModelError
+from sparsepipe.results import StepResult
+
+ENGINES = ("onnxruntime",)
+
+
+@dataclasses.dataclass
+class BenchmarkConfig:
+    """Settings of the benchmark step."""
+
+    engine: str = "onnxruntime"  # inference engine; onnxruntime (OpenVINO/DeepSparse come later)
+    batch: int = 1  # images per inference; must match a static ONNX batch
+    imgsz: int | None = None  # pixels, only used for dynamic ONNX axes; None = 640
+    threads: int = 1  # intra-op threads; pin to the CPUs you deploy on
+    warmup: int = 10  # untimed iterations per model before measuring
+    iterations: int = 100  # timed iterations per model (ignored when duration_s is set)
+    duration_s: float | None = None  # time budget per model in seconds instead of a count
+    rounds: int = 5  # interleaving rounds when a baseline is timed in the same run
+    seed: int = 0  # seed of the random input tensor
+    variant: str = ""  # variant name; default: the producing step's variant
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConfigError(f"engine={self.engine!r} is not available; choose one of {', '.join(ENGINES)}.")
+        for name in ("batch", "threads", "rounds"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name}={value!r} must be a positive integer.")
+        if self.warmup < 0:
+            raise ConfigError(f"warmup={self.warmup!r} must be 0 or more.")
+        if self.duration_s is None and self.iterations < 1:
+            raise ConfigError(f"iterations={self.iterations!r} must be positive (or set duration_s).")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise ConfigError(f"duration_s={self.duration_s!r} must be positive.")
+
+
+def latency_stats(latencies_ms: list[float], batch: int) -> dict[str, float]:
+    """Mean/median/p90/p99/std/min of per-inference latencies and images per second."""
+    arr = np.asarray(latencies_ms, dtype=np.float64)
+    mean = float(arr.mean())
+    return {
+        "latency_ms_mean": round(mean, 4),
+        "latency_ms_p50": round(float(np.percentile(arr, 50)), 4),
+        "latency_ms_p90": round(float(np.percentile(arr, 90)), 4),
+        "latency_ms_p99": round(float(np.percentile(arr, 99)), 4),
+        "latency_ms_std": round(float(arr.std()), 4),
+        "latency_ms_min": round(float(arr.min()), 4),
+        "throughput_ips": round(batch * 1000.0 / mean, 3),
+        "iterations": float(arr.size),
+    }
+
+
+class OrtRunner:
+    """An onnxruntime CPU session fed with a fixed random input."""
+
+    def __init__(self, path: Path, config: BenchmarkConfig) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = config.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise ModelError(
+                f"onnxruntime cannot load '{path}': {exc}. Check it is a complete ONNX file written by "
+                f"`sparsepipe export` or `sparsepipe quantize`."
+            ) from None
+        meta = self.session.get_inputs()[0]
+        shape = []
+        for i, dim in enumerate(meta.shape):
+            if isinstance(dim, int):
+                shape.append(dim)
+            elif i == 0:
+                shape.append(config.batch)
+            elif i == 1:
+                shape.append(3)
+            else:
+                shape.append(config.imgsz or 640)
+        if shape[0] != config.batch:
+            raise ConfigError(
+                f"'{path.name}' has a static batch of {shape[0]} but batch={config.batch} was asked; "
+                f"re-export with --batch {config.batch} or --dynamic, or benchmark with --batch {shape[0]}."
+            )
+        rng = np.random.default_rng(config.seed)
+        self.feed = {meta.name: rng.random(shape, dtype=np.float32)}
+        self.input_shape = shape
+
+    def __call__(self) -> float:
+        started = time.perf_counter_ns()
+        self.session.run(None, self.feed)
+        return (time.perf_counter_ns() - started) / 1e6
+
+
+def _measure(runners: list[OrtRunner], config: BenchmarkConfig) -> list[list[float]]:
+    """Warm up every runner, then time them round-robin in ``rounds`` chunks."""
+    from tqdm import tqdm
+
+    for runner in runners:
+        for _ in range(config.warmup):
+            runner()
+    latencies: list[list[float]] = [[] for _ in runners]
+    rounds = config.rounds if len(runners) > 1 else 1
+    if config.duration_s is not None:
+        budget = config.duration_s / rounds
+        for _ in tqdm(range(rounds), desc="benchmark rounds", disable=rounds == 1):
+            for i, runner in enumerate(runners):
+                deadline = time.perf_counter() + budget
+                while time.perf_counter() < deadline:
+                    latencies[i].append(runner())
+    else:
+        per_round = max(1, config.iterations // rounds)
+        total = per_round * rounds * len(runners)
+        with tqdm(total=total, desc="benchmark", unit="it", leave=False) as bar:
+            for _ in range(rounds):
+                for i, runner in enumerate(runners):
+                    for _ in range(per_round):
+                        latencies[i].append(runner())
+                    bar.update(per_round)
+    return latencies
+
+
+def _onnx_path(model: str) -> tuple[Path, str]:
+    from sparsepipe.models import resolve_model_path
+    from sparsepipe.results import read_result
+
+    variant = ""
+    if Path(model).is_dir():
+        variant = read_result(model).variant
+    path = Path(resolve_model_path(model))
+    if path.suffix != ".onnx":
+        raise ModelError(
+            f"The benchmark runs ONNX models; '{model}' is not one. Run `sparsepipe export` first and "
+            f"pass its --out folder or model.onnx."
+        )
+    return path, variant
+
+
+def benchmark(
+    model: str,
+    out: str | Path,
+    config: BenchmarkConfig | None = None,
+    baseline: str | None = None,
+    tracker: Any = None,
+) -> StepResult:
+    """Time ``model`` (and ``baseline`` interleaved, if given) and write ``<out>/result.json``."""
+    from sparsepipe.hardware import cpu_info, engine_versions
+    from sparsepipe.sizes import file_sizes
+    from sparsepipe.tracking import Tracker
+
+    config = config or BenchmarkConfig()
+    tracker = tracker or Tracker()
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "result.json").unlink(missing_ok=True)
+
+    path, variant = _onnx_path(model)
+    runners = [OrtRunner(path, config)]
+    base_path = None
+    if baseline:
+        base_path, _ = _onnx_path(baseline)
+        runners.append(OrtRunner(base_path, config))
+    latencies = _measure(runners, config)
+
+    metrics = latency_stats(latencies[0], config.batch)
+    metrics.update(file_sizes(path))
+    extra: dict[str, Any] = {"hardware": cpu_info(), "engines": engine_versions(), "input_shape": runners[0].input_shape}
+    if base_path is not None:
+        base = latency_stats(latencies[1], config.batch)
+        metrics["speedup_vs_baseline"] = round(base["latency_ms_p50"] / metrics["latency_ms_p50"], 4)
+        extra["baseline"] = {"model": str(base_path), **base}
+    result = StepResult(
+        step="benchmark",
+        out_dir=str(out),
+        variant=config.variant or variant or "baseline",
+        files={"onnx": str(path)},
+        metrics=metrics,
+        config={"model": str(model), "baseline": baseline, **dataclasses.asdict(config)},
+        extra=extra,
+    )
+    tracker.log_params({f"benchmark.{k}": v for k, v in dataclasses.asdict(config).items() if k != "variant"})
+    tracker.log_params({"cpu_model": extra["hardware"]["cpu_model"], "cpu_int8": extra["hardware"]["int8_hint"]})
+    tracker.log_metrics(metrics)
+    result.write()
+    print(format_table(result))
+    return result
+
+
+def format_table(result: StepResult) -> str:
+    """A small fixed-width table of one benchmark result (and its baseline)."""
+    rows = [(result.variant, result.metrics)]
+    if "baseline" in result.extra:
+        rows.append(("baseline (same run)", result.extra["baseline"]))
+    hw = result.extra.get("hardware", {})
+    header = f"{'model':<22}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'mean ms':>10}{'img/s':>10}"
+    lines = [
+        f"onnxruntime {result.config.get('engine', '')} | batch {result.config['batch']} | threads "
+        f"{result.config['threads']} | {hw.get('cpu_model', '?')} ({hw.get('int8_hint', '')})",
+        header,
+        "-" * len(header),
+    ]
+    for name, m in rows:
+        lines.append(
+            f"{name:<22}{m['latency_ms_p50']:>10.2f}{m['latency_ms_p90']:>10.2f}{m['latency_ms_p99']:>10.2f}"
+            f"{m['latency_ms_mean']:>10.2f}{m['throughput_ips']:>10.1f}"
+        )
+    if "speedup_vs_baseline" in result.metrics:
+        lines.append(f"speedup_vs_baseline: {result.metrics['speedup_vs_baseline']:.3f}x (ratio of p50s, one run)")
+    return "\n".join(lines)

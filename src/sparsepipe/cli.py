@@ -1,0 +1,279 @@
+"""The ``sparsepipe`` command line: argument parsing only, one call into the library per step.
+
+    sparsepipe --help
+    sparsepipe <step> --help
+
+Every step takes ``--out DIR`` and ends by writing ``DIR/result.json``. User mistakes print one
+paragraph to stderr and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from sparsepipe import __version__
+from sparsepipe.errors import SparsepipeError
+
+DATA_HELP = (
+    "dataset SOURCE: 'synthetic[:train=N,val=N,seed=S,size=PX,classes=K,task=detect|segment]', "
+    "a local folder or data YAML, an http(s) .zip/.tar.gz archive, or an s3://bucket/prefix"
+)
+
+
+def _tracking_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("tracking")
+    group.add_argument(
+        "--experiment", default="sparsepipe", help="MLflow experiment (MLFLOW_EXPERIMENT_NAME wins when set)"
+    )
+    group.add_argument("--run-name", default=None, help="MLflow run name (default: the step name)")
+    group.add_argument(
+        "--no-track",
+        action="store_true",
+        help="log nothing to MLflow (default: MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db)",
+    )
+
+
+def _out_arg(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--out", default=default, help=f"folder the step writes to, ending with result.json (default: {default})")
+
+
+def _variant_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--variant", default="", help="variant name in MLflow and the report (default: inherited)")
+
+
+def _add(sub: Any, name: str, func: Callable[[argparse.Namespace], int], help_text: str, doc: str) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help_text, description=doc, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.set_defaults(func=func)
+    return parser
+
+
+def _tracker(args: argparse.Namespace, step: str):
+    from sparsepipe.tracking import resolve_tracker
+
+    return resolve_tracker(
+        args.experiment,
+        args.run_name or step,
+        enabled=not args.no_track,
+        tags={"sparsepipe.step": step, "sparsepipe.version": __version__},
+    )
+
+
+def _finish(result) -> int:
+    print(f"{result.step}: wrote {Path(result.out_dir) / 'result.json'}")
+    if result.metrics:
+        print(json.dumps(result.metrics, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from sparsepipe.data import DataConfig, prepare_data
+
+    result = prepare_data(args.source, args.out, DataConfig(validate=not args.no_validate))
+    return _finish(result)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from sparsepipe.training import TrainConfig, train
+
+    extra = _parse_extra(args.ultralytics_arg)
+    config = TrainConfig(
+        epochs=args.epochs,
+        imgsz=args.imgsz,
+        batch=args.batch,
+        device=args.device,
+        workers=args.workers,
+        seed=args.seed,
+        optimizer=args.optimizer,
+        lr0=args.lr0,
+        patience=args.patience,
+        plots=not args.no_plots,
+        variant=args.variant or "baseline",
+        extra=extra,
+    )
+    with _tracker(args, "train") as tracker:
+        return _finish(train(args.model, args.data, args.out, config, tracker))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from sparsepipe.export import ExportConfig, export_onnx
+
+    config = ExportConfig(
+        imgsz=args.imgsz, batch=args.batch, dynamic=args.dynamic, opset=args.opset,
+        simplify=not args.no_simplify, variant=args.variant,
+    )
+    with _tracker(args, "export") as tracker:
+        return _finish(export_onnx(args.model, args.out, config, tracker))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from sparsepipe.evaluate import EvaluateConfig, evaluate
+
+    config = EvaluateConfig(imgsz=args.imgsz, batch=args.batch, split=args.split, device=args.device,
+                            plots=args.plots, variant=args.variant)
+    with _tracker(args, "evaluate") as tracker:
+        result = evaluate(args.model, args.data, args.out, config, tracker)
+    return _finish(result)
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from sparsepipe.benchmark import BenchmarkConfig, benchmark
+
+    config = BenchmarkConfig(
+        engine=args.engine, batch=args.batch, imgsz=args.imgsz, threads=args.threads, warmup=args.warmup,
+        iterations=args.iterations, duration_s=args.duration, rounds=args.rounds, variant=args.variant,
+    )
+    with _tracker(args, "benchmark") as tracker:
+        return _finish(benchmark(args.model, args.out, config, baseline=args.baseline, tracker=tracker))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from sparsepipe.report import ReportConfig, report
+
+    with _tracker(args, "report") as tracker:
+        result = report(args.results, args.out, ReportConfig(baseline=args.baseline, title=args.title), tracker)
+    print(result.extra["table"])
+    print(f"report: {result.path('markdown')}, {result.path('html')}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sparsepipe.demo import DemoConfig, run_demo
+
+    config = DemoConfig(model=args.model, data=args.data, epochs=args.epochs, imgsz=args.imgsz,
+                        iterations=args.iterations, threads=args.threads)
+    result = run_demo(args.out, config, experiment=args.experiment, track=not args.no_track)
+    print(result.extra["table"])
+    return 0
+
+
+def _parse_extra(items: list[str] | None) -> dict[str, Any]:
+    import yaml
+
+    extra: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SparsepipeError(f"--ultralytics-arg '{item}' must look like key=value, e.g. --ultralytics-arg mosaic=0.5.")
+        extra[key.strip()] = yaml.safe_load(value)
+    return extra
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sparsepipe",
+        description="Make ultralytics YOLO models small and fast on CPUs, and prove it: "
+        "data -> train -> export -> evaluate -> benchmark -> report.",
+    )
+    parser.add_argument("--version", action="version", version=f"sparsepipe {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<step>")
+    sub.required = True
+
+    p = _add(sub, "data", cmd_data, "make/validate an ultralytics dataset", "Produce a validated, relocatable ultralytics dataset in --out.")
+    p.add_argument("--source", default="synthetic", help=DATA_HELP)
+    p.add_argument("--no-validate", action="store_true", help="skip image/label validation (large trusted datasets)")
+    _out_arg(p, "runs/data")
+
+    p = _add(sub, "train", cmd_train, "train a baseline model", "Train an ultralytics model from a config or checkpoint, offline.")
+    p.add_argument("--model", default="yolov8n.yaml", help="model config (yolov8n.yaml, yolo11n.yaml, yolov8n-seg.yaml...) or checkpoint")
+    p.add_argument("--data", default="synthetic", help=DATA_HELP)
+    p.add_argument("--epochs", type=int, default=30, help="training epochs")
+    p.add_argument("--imgsz", type=int, default=320, help="image size in pixels (multiple of 32)")
+    p.add_argument("--batch", type=int, default=16, help="batch size")
+    p.add_argument("--device", default="cpu", help="cpu, 0, or 0,1 (GPU DDP)")
+    p.add_argument("--workers", type=int, default=2, help="data-loader workers")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--optimizer", default="auto", help="ultralytics optimizer (auto, SGD, AdamW...)")
+    p.add_argument("--lr0", type=float, default=None, help="initial learning rate (default: ultralytics' choice)")
+    p.add_argument("--patience", type=int, default=100, help="early-stopping patience in epochs")
+    p.add_argument("--no-plots", action="store_true", help="skip ultralytics' plots")
+    p.add_argument("--ultralytics-arg", action="append", metavar="KEY=VALUE", help="any other ultralytics train argument (repeatable)")
+    _variant_arg(p)
+    _out_arg(p, "runs/train")
+    _tracking_args(p)
+
+    p = _add(sub, "export", cmd_export, "export a checkpoint to ONNX", "Export a .pt checkpoint to ONNX with ultralytics metadata.")
+    p.add_argument("--model", required=True, help="checkpoint .pt or the --out folder of train/sparsify")
+    p.add_argument("--imgsz", type=int, default=320, help="input size in pixels")
+    p.add_argument("--batch", type=int, default=1, help="static batch size")
+    p.add_argument("--dynamic", action="store_true", help="dynamic batch/size axes")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (13-21)")
+    p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
+    _variant_arg(p)
+    _out_arg(p, "runs/export")
+    _tracking_args(p)
+
+    p = _add(sub, "evaluate", cmd_evaluate, "mAP of a .pt or .onnx on val", "Measure mAP50 / mAP50-95 (overall and per class).")
+    p.add_argument("--model", required=True, help=".pt, .onnx, or the --out folder of a step that made one")
+    p.add_argument("--data", default="synthetic", help=DATA_HELP)
+    p.add_argument("--imgsz", type=int, default=None, help="image size (default: the ONNX's, else 320)")
+    p.add_argument("--batch", type=int, default=16, help="batch size (.pt / dynamic ONNX)")
+    p.add_argument("--split", default="val", help="val or test")
+    p.add_argument("--device", default="cpu", help="cpu or a CUDA index")
+    p.add_argument("--plots", action="store_true", help="write PR curves and confusion matrix")
+    _variant_arg(p)
+    _out_arg(p, "runs/evaluate")
+    _tracking_args(p)
+
+    p = _add(sub, "benchmark", cmd_benchmark, "CPU latency/throughput of an ONNX", "Time an ONNX model on CPU (optionally against a baseline, interleaved).")
+    p.add_argument("--model", required=True, help=".onnx or the --out folder of export/quantize")
+    p.add_argument("--baseline", default=None, help="another .onnx timed in the same run for speedup_vs_baseline")
+    p.add_argument("--engine", default="onnxruntime", help="inference engine")
+    p.add_argument("--batch", type=int, default=1, help="batch size")
+    p.add_argument("--imgsz", type=int, default=None, help="image size for dynamic ONNX axes")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads")
+    p.add_argument("--warmup", type=int, default=10, help="untimed warm-up iterations")
+    p.add_argument("--iterations", type=int, default=100, help="timed iterations")
+    p.add_argument("--duration", type=float, default=None, help="seconds to run instead of --iterations")
+    p.add_argument("--rounds", type=int, default=5, help="interleaving rounds with --baseline")
+    _variant_arg(p)
+    _out_arg(p, "runs/benchmark")
+    _tracking_args(p)
+
+    p = _add(sub, "report", cmd_report, "compare variants", "Merge step results by variant into Markdown/HTML tables and a plot.")
+    p.add_argument("--results", nargs="+", required=True, help="out folders (or result.json files) of earlier steps")
+    p.add_argument("--baseline", default="baseline", help="variant the speedups are relative to")
+    p.add_argument("--title", default="sparsepipe variant comparison", help="report heading")
+    _out_arg(p, "runs/report")
+    _tracking_args(p)
+
+    p = _add(sub, "demo", cmd_demo, "run the whole flow on generated data", "data -> train -> export -> evaluate -> benchmark -> report, tracked in MLflow.")
+    from sparsepipe.demo import DemoConfig
+
+    defaults = DemoConfig()
+    p.add_argument("--model", default=defaults.model, help="model config")
+    p.add_argument("--data", default=defaults.data, help=DATA_HELP)
+    p.add_argument("--epochs", type=int, default=defaults.epochs, help="baseline training epochs")
+    p.add_argument("--imgsz", type=int, default=defaults.imgsz, help="image size for training, export and benchmark")
+    p.add_argument("--iterations", type=int, default=defaults.iterations, help="benchmark iterations")
+    p.add_argument("--threads", type=int, default=defaults.threads, help="benchmark threads")
+    _out_arg(p, "runs/demo")
+    _tracking_args(p)
+
+    try:
+        from sparsepipe.recipe.cli import add_recipe_commands
+    except ImportError:  # pragma: no cover - the recipe engine ships with the package
+        add_recipe_commands = None
+    if add_recipe_commands is not None:
+        add_recipe_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SparsepipeError as exc:
+        print(f"sparsepipe {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"sparsepipe {args.command}: interrupted; outputs of the unfinished step have no result.json.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

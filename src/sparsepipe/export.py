@@ -1,0 +1,118 @@
+"""Export a checkpoint to ONNX that ultralytics can still validate and predict with.
+
+    sparsepipe export --model runs/train --imgsz 320 --out runs/export
+
+Uses ultralytics' exporter (TorchScript-based ONNX, onnxslim simplification) so the file
+carries ultralytics' metadata (class names, stride, imgsz, task, batch) and works with
+``YOLO("model.onnx").val(...)``. The export happens in a staging folder inside ``--out``
+and ``model.onnx`` appears only when complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sparsepipe.errors import ConfigError, ModelError
+from sparsepipe.results import StepResult
+from sparsepipe.sizes import file_sizes
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    """Settings of the export step."""
+
+    imgsz: int = 320  # square input size in pixels baked into a static graph (multiple of 32)
+    batch: int = 1  # static batch size; ignored when dynamic=True
+    dynamic: bool = False  # dynamic batch and image size axes (slower on some engines)
+    opset: int = 17  # ONNX opset; 13..21. <= 17 keeps DeepSparse and older runtimes happy
+    simplify: bool = True  # run onnxslim on the graph
+    variant: str = ""  # variant name in MLflow/report; default: the producing step's variant
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.imgsz, int) or self.imgsz < 32 or self.imgsz % 32:
+            raise ConfigError(f"imgsz={self.imgsz!r} must be a multiple of 32 (e.g. 320 or 640).")
+        if not isinstance(self.batch, int) or self.batch < 1:
+            raise ConfigError(f"batch={self.batch!r} must be a positive integer.")
+        if not isinstance(self.opset, int) or not 13 <= self.opset <= 21:
+            raise ConfigError(f"opset={self.opset!r} must be between 13 and 21 (17 is a safe default).")
+
+
+def onnx_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata_props of an ONNX file (ultralytics writes names, stride, imgsz, task...)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def onnx_param_count(path: str | Path) -> int:
+    """Number of weight elements stored in an ONNX file's initializers."""
+    import math
+
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return int(sum(math.prod(init.dims) for init in model.graph.initializer))
+
+
+def export_onnx(model: str, out: str | Path, config: ExportConfig | None = None, tracker: Any = None) -> StepResult:
+    """Export ``model`` (checkpoint path or a train/sparsify out folder) to ``<out>/model.onnx``."""
+    from sparsepipe.models import load_yolo, resolve_model_path
+    from sparsepipe.results import read_result
+    from sparsepipe.tracking import Tracker
+
+    config = config or ExportConfig()
+    tracker = tracker or Tracker()
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "result.json").unlink(missing_ok=True)
+
+    variant = config.variant
+    if not variant and Path(model).is_dir():
+        variant = read_result(model).variant
+    source = Path(resolve_model_path(model))
+    if source.suffix != ".pt":
+        raise ModelError(
+            f"Export needs a PyTorch checkpoint (.pt), got '{model}'. Point --model at a .pt file or "
+            f"at the out folder of a train or sparsify step."
+        )
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    try:
+        staged = staging / "model.pt"
+        shutil.copyfile(source, staged)
+        yolo = load_yolo(str(staged))
+        exported = yolo.export(
+            format="onnx",
+            imgsz=config.imgsz,
+            batch=config.batch,
+            dynamic=config.dynamic,
+            opset=config.opset,
+            simplify=config.simplify,
+            device="cpu",
+        )
+        if not exported or not Path(exported).is_file():
+            raise ModelError(f"ultralytics did not produce an ONNX file for '{model}'.")
+        target = out / "model.onnx"
+        Path(exported).replace(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    metrics = {**file_sizes(target), "params": float(onnx_param_count(target))}
+    result = StepResult(
+        step="export",
+        out_dir=str(out),
+        variant=variant or "baseline",
+        files={"onnx": str(target)},
+        metrics=metrics,
+        config={"model": str(model), **dataclasses.asdict(config)},
+        extra={"metadata": onnx_metadata(target)},
+    )
+    tracker.log_params({f"export.{k}": v for k, v in dataclasses.asdict(config).items()})
+    tracker.log_metrics(metrics)
+    tracker.log_artifact(str(target), "onnx")
+    result.write()
+    return result

@@ -1,0 +1,125 @@
+"""Load ultralytics models by config name or checkpoint, offline, with clear errors.
+
+    python -c "from sparsepipe.models import load_yolo; print(load_yolo('yolov8n.yaml'))"
+
+sparsepipe never downloads weights: a model is either an ultralytics model config
+(``yolov8n.yaml``, ``yolo11s-seg.yaml``, ``yolov5nu.yaml``...) built from scratch, or a local
+(or ``s3://``) checkpoint / ONNX file produced by an earlier step.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sparsepipe.errors import ModelError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ultralytics import YOLO
+
+MODEL_SUFFIXES = (".pt", ".onnx")
+
+
+def known_model_configs() -> list[str]:
+    """Model config names ultralytics ships (``yolov8n.yaml`` style, scale letters expanded)."""
+    import ultralytics
+
+    root = Path(ultralytics.__file__).parent / "cfg" / "models"
+    names: set[str] = set()
+    for path in root.rglob("*.yaml"):
+        stem = path.stem
+        names.add(path.name)
+        try:
+            import yaml
+
+            scales = (yaml.safe_load(path.read_text()) or {}).get("scales") or {}
+        except Exception:  # noqa: BLE001 - a broken shipped file must not hide the others
+            scales = {}
+        for scale in scales:
+            # ultralytics maps yolov8n.yaml -> yolov8.yaml with scale "n" (the letter follows the version)
+            if stem.startswith("yolo"):
+                head, _, tail = stem.partition("-")
+                names.add(f"{head}{scale}{'-' + tail if tail else ''}.yaml")
+    return sorted(names)
+
+
+def _unknown_model(name: str, reason: str) -> ModelError:
+    close = difflib.get_close_matches(name, known_model_configs(), n=5, cutoff=0.6)
+    hint = f" Close matches: {', '.join(close)}." if close else ""
+    return ModelError(
+        f"Unknown model '{name}': {reason}. Give an ultralytics model config such as yolov8n.yaml, "
+        f"yolo11n.yaml, yolov8n-seg.yaml or yolov5nu.yaml (trained from scratch, nothing is "
+        f"downloaded), or the path of a .pt checkpoint / .onnx file written by an earlier step.{hint}"
+    )
+
+
+def resolve_model_path(model: str, cache_dir: Path | None = None) -> str:
+    """Return a loadable reference: a config name as is, or an existing local file path.
+
+    ``s3://`` checkpoints are downloaded into ``cache_dir`` first.
+    """
+    model = str(model).strip()
+    if not model:
+        raise ModelError("The model is empty: pass --model yolov8n.yaml or a checkpoint path.")
+    if model.startswith("s3://"):
+        from sparsepipe import storage
+
+        return str(storage.localize(model, cache_dir or Path.home() / ".cache" / "sparsepipe" / "models"))
+    path = Path(model).expanduser()
+    if path.suffix in MODEL_SUFFIXES or path.is_file() or "/" in model:
+        if path.is_dir():
+            from sparsepipe.results import read_result
+
+            result = read_result(path)
+            for role in ("weights", "onnx", "int8_onnx"):
+                if role in result.files:
+                    return str(result.path(role))
+            raise ModelError(
+                f"{path} holds a '{result.step}' result without a model file; point --model at the "
+                f"out folder of a train, sparsify, quantize or export step."
+            )
+        if not path.is_file():
+            if path.suffix == ".pt" and "/" not in model:
+                raise ModelError(
+                    f"Checkpoint '{model}' does not exist here, and sparsepipe never downloads "
+                    f"weights. Train from a config instead (e.g. --model {path.stem}.yaml) or give "
+                    f"the path of a checkpoint you have."
+                )
+            raise ModelError(
+                f"Model file '{model}' does not exist. Check the path, or give the --out folder of "
+                f"the step that produced it."
+            )
+        return str(path)
+    if path.suffix not in (".yaml", ".yml"):
+        raise _unknown_model(model, "not a .yaml config, .pt checkpoint or .onnx file")
+    return model
+
+
+def load_yolo(model: str, task: str | None = None, cache_dir: Path | None = None) -> "YOLO":
+    """Build or load an ultralytics ``YOLO`` object, turning ultralytics' errors into ModelError."""
+    from ultralytics import YOLO
+
+    ref = resolve_model_path(model, cache_dir)
+    try:
+        return YOLO(ref, task=task)
+    except FileNotFoundError as exc:
+        raise _unknown_model(model, f"ultralytics has no such config ({exc})") from None
+    except (RuntimeError, KeyError, ValueError, AttributeError, OSError) as exc:
+        raise ModelError(
+            f"Could not load model '{model}': {type(exc).__name__}: {exc}. Make sure the file is an "
+            f"ultralytics checkpoint or ONNX export and was not truncated (re-run the step that "
+            f"wrote it)."
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many unpickling error types
+        if Path(ref).is_file():
+            raise ModelError(
+                f"Could not read checkpoint '{model}' ({type(exc).__name__}: {exc}). It is not a "
+                f"valid ultralytics checkpoint; re-run the step that produced it."
+            ) from None
+        raise
+
+
+def count_params(torch_model) -> int:
+    """Number of parameters of a torch module."""
+    return int(sum(p.numel() for p in torch_model.parameters()))

@@ -1,0 +1,118 @@
+"""The only places sparsepipe touches ultralytics' training loop.
+
+    .venv/bin/python -m pytest tests/test_ultralytics_contract.py
+
+sparsepipe uses two documented extension points: the ``trainer=`` argument of
+``YOLO.train`` (a subclass of the task's trainer) and callbacks (``model.add_callback``).
+``tests/test_ultralytics_contract.py`` proves the events below still fire in this order on
+the pinned ultralytics range, so an upgrade that breaks them fails a test instead of
+silently training without a recipe.
+
+Tracking: sparsepipe owns the MLflow run. Ultralytics' own MLflow callback would log into
+whatever run is active, or into another experiment, or silently stop when a run id is
+injected, so the trainer subclass removes it and :func:`epoch_logger` logs per-epoch
+losses, metrics and learning rates into sparsepipe's run instead, under stable names.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+# Events sparsepipe relies on, in the order ultralytics fires them during ``train()``.
+TRAINING_EVENTS = (
+    "on_pretrain_routine_start",
+    "on_pretrain_routine_end",
+    "on_train_start",
+    "on_train_epoch_start",
+    "on_train_batch_start",
+    "optimizer_step",
+    "on_train_batch_end",
+    "on_train_epoch_end",
+    "on_fit_epoch_end",
+    "on_model_save",
+    "on_train_end",
+)
+
+FOREIGN_TRACKING_MODULES = ("ultralytics.utils.callbacks.mlflow",)
+
+
+def strip_foreign_tracking(callbacks: dict[str, list[Callable]]) -> int:
+    """Remove ultralytics' MLflow callbacks from a callbacks dict in place; return how many."""
+    removed = 0
+    for event, fns in callbacks.items():
+        keep = [f for f in fns if not getattr(f, "__module__", "").startswith(FOREIGN_TRACKING_MODULES)]
+        removed += len(fns) - len(keep)
+        callbacks[event] = keep
+    return removed
+
+
+def trainer_class(task: str) -> type:
+    """A subclass of ultralytics' trainer for ``task`` that leaves tracking to sparsepipe."""
+    from ultralytics.models.yolo.detect import DetectionTrainer
+    from ultralytics.models.yolo.segment import SegmentationTrainer
+
+    bases = {"detect": DetectionTrainer, "segment": SegmentationTrainer}
+    if task not in bases:
+        from sparsepipe.errors import ModelError
+
+        raise ModelError(
+            f"Task '{task}' is not supported: sparsepipe trains detection and segmentation models "
+            f"({', '.join(bases)}). Use a detection or -seg model config."
+        )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        bases[task].__init__(self, *args, **kwargs)
+        strip_foreign_tracking(self.callbacks)
+
+    return type(f"Sparsepipe{bases[task].__name__}", (bases[task],), {"__init__": __init__})
+
+
+def _metric_name(key: str) -> str:
+    """``metrics/mAP50-95(B)`` -> ``val/map50_95``; ``train/box_loss`` stays as is."""
+    renames = {
+        "metrics/precision(B)": "val/precision",
+        "metrics/recall(B)": "val/recall",
+        "metrics/mAP50(B)": "val/map50",
+        "metrics/mAP50-95(B)": "val/map50_95",
+        "metrics/precision(M)": "val/mask_precision",
+        "metrics/recall(M)": "val/mask_recall",
+        "metrics/mAP50(M)": "val/mask_map50",
+        "metrics/mAP50-95(M)": "val/mask_map50_95",
+    }
+    return renames.get(key, key.replace("(", "_").replace(")", "").lower())
+
+
+def epoch_metrics(trainer: Any) -> dict[str, float]:
+    """Losses, validation metrics and learning rates of the epoch that just ended."""
+    values: dict[str, float] = {}
+    values.update(trainer.label_loss_items(trainer.tloss, prefix="train"))
+    values.update(trainer.metrics or {})
+    values.update(trainer.lr or {})
+    out = {}
+    for key, value in values.items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(number):
+            out[_metric_name(key)] = number
+    return out
+
+
+def epoch_logger(tracker: Any) -> Callable[[Any], None]:
+    """An ``on_fit_epoch_end`` callback logging :func:`epoch_metrics` with ``step=epoch``.
+
+    Ultralytics fires ``on_fit_epoch_end`` once more after training for the final validation
+    of ``best.pt``; that call is skipped so curves are not bent by a duplicate point.
+    """
+    logged: set[int] = set()
+
+    def on_fit_epoch_end(trainer: Any) -> None:
+        epoch = int(trainer.epoch) + 1
+        if epoch in logged:
+            return
+        logged.add(epoch)
+        tracker.log_metrics(epoch_metrics(trainer), step=epoch)
+
+    return on_fit_epoch_end
