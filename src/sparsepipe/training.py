@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sparsepipe.errors import ConfigError, SparsepipeError
 from sparsepipe.results import StepResult, atomic_copy
@@ -102,11 +102,13 @@ def train(
     out: str | Path,
     config: TrainConfig | None = None,
     tracker: Any = None,
+    callbacks: dict[str, list[Callable[[Any], None]]] | None = None,
 ) -> StepResult:
     """Train ``model`` on ``data`` (any SOURCE form) and publish ``<out>/model.pt``.
 
     ``tracker`` (a :class:`sparsepipe.tracking.Tracker`) receives params, per-epoch curves,
-    final metrics and the weights; ``None`` logs nothing.
+    final metrics and the weights; ``None`` logs nothing. ``callbacks`` maps ultralytics
+    event names to extra functions called with the trainer (ultralytics' callback API).
     """
     from sparsepipe.data import resolve_data
     from sparsepipe.models import count_params, load_yolo
@@ -127,6 +129,9 @@ def train(
             f"models. Use e.g. yolov8n.yaml or yolov8n-seg.yaml."
         )
     yolo.add_callback("on_fit_epoch_end", epoch_logger(tracker))
+    for event, functions in (callbacks or {}).items():
+        for function in functions:
+            yolo.add_callback(event, function)
     tracker.log_params({"model": model, "data": data, "task": yolo.task, **_flat(config)})
 
     started = time.perf_counter()

@@ -1,0 +1,64 @@
+# sparsepipe - every target creates .venv first when it is missing (fast when present).
+# `make help` lists the targets; variables can be overridden: make baseline EPOCHS=50 IMGSZ=320
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.sparsepipe-installed
+RUNS   ?= runs
+
+MODEL  ?= yolov8n.yaml
+DATA   ?= synthetic:train=128,val=32,size=320,seed=0
+EPOCHS ?= 30
+IMGSZ  ?= 160
+THREADS ?= 2
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo test test-slow data baseline export evaluate benchmark report mlflow-ui clean
+
+help: ## show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 2; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+setup: $(STAMP) ## create .venv and install sparsepipe with test extras (idempotent)
+
+demo: $(STAMP) ## whole flow on generated data: data -> train -> export -> evaluate -> benchmark -> report
+	$(BIN)/sparsepipe demo --out $(RUNS)/demo --model $(MODEL) --data $(DATA) --epochs $(EPOCHS) --imgsz $(IMGSZ) --threads $(THREADS)
+	@echo "report: $(RUNS)/demo/report/report.md (and .html); MLflow: make mlflow-ui"
+
+test: $(STAMP) ## default test suite (real S3/MLflow servers on 127.0.0.1, tiny real training)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP) ## slow tests only (long training, full end-to-end runs)
+	$(BIN)/python -m pytest -q -m slow
+
+data: $(STAMP) ## generate/validate the dataset into runs/data (DATA=...)
+	$(BIN)/sparsepipe data --source $(DATA) --out $(RUNS)/data
+
+baseline: $(STAMP) ## train the baseline on runs/data into runs/baseline (MODEL, EPOCHS, IMGSZ)
+	@test -f $(RUNS)/data/result.json || $(MAKE) data
+	$(BIN)/sparsepipe train --model $(MODEL) --data $(RUNS)/data --epochs $(EPOCHS) --imgsz $(IMGSZ) --out $(RUNS)/baseline
+
+export: $(STAMP) ## export runs/baseline to ONNX in runs/export
+	$(BIN)/sparsepipe export --model $(RUNS)/baseline --imgsz $(IMGSZ) --out $(RUNS)/export
+
+evaluate: $(STAMP) ## mAP of the exported ONNX into runs/evaluate
+	$(BIN)/sparsepipe evaluate --model $(RUNS)/export --data $(RUNS)/data --out $(RUNS)/evaluate
+
+benchmark: $(STAMP) ## onnxruntime CPU latency of runs/export into runs/benchmark (THREADS)
+	$(BIN)/sparsepipe benchmark --model $(RUNS)/export --threads $(THREADS) --iterations 200 --out $(RUNS)/benchmark
+
+report: $(STAMP) ## comparison table + plot of the steps above into runs/report
+	$(BIN)/sparsepipe report --results $(RUNS)/baseline $(RUNS)/export $(RUNS)/evaluate $(RUNS)/benchmark --out $(RUNS)/report
+
+mlflow-ui: $(STAMP) ## open the local MLflow store (./mlruns) at http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
+
+clean: ## remove runs/ and caches (keeps .venv and mlruns/)
+	rm -rf $(RUNS) .pytest_cache .hypothesis
