@@ -261,20 +261,39 @@ def _clutter(rng: np.random.Generator, img: np.ndarray, num_classes: int) -> Non
 
 
 @dataclasses.dataclass
-class _Object:
+class DrawnObject:
+    """One object of a rendered image (returned by :func:`render` for inspection and tests)."""
+
     key: int  # its value in the per-pixel owner map
     cls: int
-    area: float  # geometric area of the full shape, may extend outside the image
+    area: float  # geometric area of the whole shape (it may extend past the image border)
+    drawn_pixels: int  # pixels it covered when drawn, before later objects covered some
+    visible_pixels: int = 0  # pixels it still owns at the end
+    box: tuple[int, int, int, int] | None = None  # x1, y1, x2, y2 (exclusive) if labelled
+
+
+@dataclasses.dataclass
+class Rendered:
+    image: np.ndarray  # BGR uint8
+    rows: list[str]  # YOLO label rows
+    owner: np.ndarray  # int16 per-pixel object key, 0 = background / clutter
+    objects: list[DrawnObject]
 
 
 def render_image(config: SyntheticConfig, split: str, index: int) -> tuple[np.ndarray, list[str]]:
     """Draw image ``index`` of ``split``; returns (BGR uint8 image, YOLO label rows)."""
+    r = render(config, split, index)
+    return r.image, r.rows
+
+
+def render(config: SyntheticConfig, split: str, index: int) -> Rendered:
+    """Draw image ``index`` of ``split`` and keep the owner map and per-object visibility."""
     size = config.image_size
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, _SPLITS.index(split), index]))
     img = _background(rng, size)
     _clutter(rng, img, config.num_classes)
     owner = np.zeros((size, size), np.int16)  # 0 = background, k = object k-1
-    objects: list[_Object] = []
+    objects: list[DrawnObject] = []
     yy = xx = None
     for k in range(int(rng.integers(1, config.max_objects + 1))):
         cls = int(rng.integers(0, config.num_classes))
@@ -282,9 +301,9 @@ def render_image(config: SyntheticConfig, split: str, index: int) -> tuple[np.nd
         cx, cy = rng.uniform(-0.05 * size, 1.05 * size, 2)
         polys = _place(_MAKERS[cls](rng), cx, cy, r, rng.uniform(0, 2 * math.pi),
                        rng.uniform(0.8, 1.0))  # fmt: skip
-        mask = _fill_mask((size, size), polys)
-        on = mask.astype(bool)
-        if not on.any():
+        on = _fill_mask((size, size), polys).astype(bool)
+        drawn = int(on.sum())
+        if not drawn:
             continue
         # Fill: flat colour, a gradient, or noisy; sometimes close to the background colour.
         if rng.random() < 0.15:
@@ -293,7 +312,7 @@ def render_image(config: SyntheticConfig, split: str, index: int) -> tuple[np.nd
             base = _colour(rng)
         style = rng.integers(0, 3)
         if style == 0:
-            fill = np.broadcast_to(base.astype(np.float32), (int(on.sum()), 3))
+            fill = np.broadcast_to(base.astype(np.float32), (drawn, 3))
         elif style == 1:
             if yy is None:
                 yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -301,22 +320,21 @@ def render_image(config: SyntheticConfig, split: str, index: int) -> tuple[np.nd
             t = ((xx[on] - cx) * math.cos(a) + (yy[on] - cy) * math.sin(a)) / max(r, 1.0)
             fill = base[None] + t[:, None] * rng.uniform(-50, 50, 3)[None]
         else:
-            fill = base[None] + rng.uniform(5, 25) * rng.standard_normal((int(on.sum()), 1))
+            fill = base[None] + rng.uniform(5, 25) * rng.standard_normal((drawn, 1))
         img[on] = fill
         owner[on] = k + 1
-        objects.append(_Object(k + 1, cls, _poly_area(polys)))
+        objects.append(DrawnObject(k + 1, cls, _poly_area(polys), drawn))
 
     if rng.random() < 0.3:
-        sigma = rng.uniform(0.4, 1.2)
-        img = cv2.GaussianBlur(img, (0, 0), sigma)
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.4, 1.2))
     img += rng.uniform(0, 8) * rng.standard_normal(img.shape).astype(np.float32)
     out = np.clip(img, 0, 255).astype(np.uint8)
 
     rows: list[str] = []
     for obj in objects:
         visible = owner == obj.key
-        count = int(visible.sum())
-        if count < MIN_VISIBLE_FRACTION * obj.area:
+        obj.visible_pixels = int(visible.sum())
+        if obj.visible_pixels < MIN_VISIBLE_FRACTION * obj.area:
             continue
         ys, xs = np.nonzero(visible)
         x1, x2, y1, y2 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
@@ -333,7 +351,8 @@ def render_image(config: SyntheticConfig, split: str, index: int) -> tuple[np.nd
                 continue
             coords = " ".join(f"{v / size:.6f}" for v in np.clip(poly, 0, size).reshape(-1))
             rows.append(f"{obj.cls} {coords}")
-    return out, rows
+        obj.box = (x1, y1, x2, y2)
+    return Rendered(out, rows, owner, objects)
 
 
 def _visible_polygon(mask: np.ndarray) -> np.ndarray | None:
