@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import http.server
 import io
-import json
 import shutil
 import tarfile
 import threading
@@ -149,11 +148,12 @@ def test_yaml_with_path_key_and_txt_split_is_materialized(tmp_path, dataset):
 
     root = dataset.parent
     listing = root / "val.txt"
-    listing.write_text("".join(f"./images/val/{p.name}\n" for p in sorted((root / "images" / "val").iterdir())))
+    val_images = sorted((root / "images" / "val").iterdir())
+    listing.write_text("".join(f"./images/val/{p.name}\n" for p in val_images))
     user_yaml = tmp_path / "custom.yaml"
-    user_yaml.write_text(yaml.safe_dump(
-        {"path": str(root), "train": "images/train", "val": "val.txt", "names": ["a", "b", "c", "d", "e", "f"]}
-    ))  # fmt: skip
+    names = ["a", "b", "c", "d", "e", "f"]
+    doc = {"path": str(root), "train": "images/train", "val": "val.txt", "names": names}
+    user_yaml.write_text(yaml.safe_dump(doc))
     result = prepare_data(str(user_yaml), tmp_path / "out", _cfg(tmp_path))
     assert result.metrics["val_images"] == 2 and result.extra["names"][0] == "a"
     info = check_det_dataset(str(tmp_path / "out" / "data.yaml"))
@@ -161,7 +161,8 @@ def test_yaml_with_path_key_and_txt_split_is_materialized(tmp_path, dataset):
     # A relative path: key (which ultralytics would resolve against its datasets folder)
     # gets a normalized copy in the cache.
     rel_yaml = root / "rel.yaml"
-    rel_yaml.write_text(yaml.safe_dump({"path": ".", "train": "images/train", "val": "images/val", "names": {0: "x", 1: "y", 2: "z", 3: "u", 4: "v", 5: "w"}}))  # fmt: skip
+    doc = {"path": ".", "train": "images/train", "val": "images/val", "names": dict(enumerate(names))}
+    rel_yaml.write_text(yaml.safe_dump(doc))
     resolved = resolve_data(str(rel_yaml), cache_dir=tmp_path / "cache")
     assert resolved.is_relative_to(tmp_path / "cache")
     assert check_det_dataset(str(resolved))["train"] == str((root / "images" / "train").resolve())
@@ -238,6 +239,14 @@ def test_http_archive_source(tmp_path, dataset, http_root, name):
     assert server.requests == [f"/{name}"]
     assert check_det_dataset(str(resolved))["nc"] == 6
     assert not list((tmp_path / "cache").glob(".*")), "no temporary folders left in the cache"
+
+
+def test_local_archive_source_and_segment_task(tmp_path, dataset):
+    _make_archives(dataset.parent, tmp_path)
+    result = prepare_data(str(tmp_path / "shapes.zip"), tmp_path / "out", _cfg(tmp_path))
+    assert result.metrics["train_images"] == 4
+    seg = prepare_data(TINY + ",task=segment", tmp_path / "seg", _cfg(tmp_path))
+    assert seg.extra["task"] == "segment" and seg.config["synthetic"]["task"] == "segment"
 
 
 def test_http_missing_archive_is_a_clear_error(tmp_path, http_root):

@@ -458,7 +458,11 @@ def _check_labels(path: Path, nc: int, kpt_values: int | None, problems: _Proble
             continue
         bad = [v for v in coords if not -COORD_EPS <= v <= 1 + COORD_EPS]
         if bad:
-            problems.add(where, f"coordinate {bad[0]:g} outside [0, 1] (coordinates are normalized by the image size)")
+            problems.add(
+                where,
+                f"coordinate {bad[0]:g} outside [0, 1] (coordinates are normalized by the image "
+                f"size)",
+            )
             continue
         if task != "segment" and (coords[2] <= 0 or coords[3] <= 0):
             problems.add(where, f"box width/height must be > 0, got {coords[2]:g} x {coords[3]:g}")
@@ -764,7 +768,11 @@ def _fetched_entry(source: Source, cache_dir: Path, config: DataConfig) -> Path:
                   "data_yaml": os.path.relpath(yaml_path, tmp)}  # fmt: skip
         (tmp / _SOURCE_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
 
-    final = cache_dir / f"{source.kind}-{_cache_key(source.value)}"
+    key = source.value
+    if source.kind == "archive":  # a local archive that changes must not hit a stale entry
+        st = Path(source.value).stat()
+        key += f"|{st.st_size}|{st.st_mtime_ns}"
+    final = cache_dir / f"{source.kind}-{_cache_key(key)}"
     final = _fill_cache_entry(final, fill, config.refresh)
     try:
         marker = json.loads((final / _SOURCE_MARKER).read_text())

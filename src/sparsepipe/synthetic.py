@@ -1,6 +1,6 @@
 """Deterministic synthetic detection / segmentation dataset of shapes.
 
-    python -c "from pathlib import Path; from sparsepipe.synthetic import *; print(generate_dataset(Path('runs/synth'), SyntheticConfig()))"
+    python -c "from sparsepipe.synthetic import *; print(generate_dataset('runs/synth'))"
 
 Every image is drawn from its own RNG stream, seeded by ``(seed, split, index)``, so the same
 config always produces byte-identical files (JPEG encoding included, for one OpenCV build).
@@ -399,7 +399,7 @@ def data_yaml_text(names: dict[int, str], extra: dict | None = None) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def generate_dataset(out_dir: Path, config: SyntheticConfig | None = None,
+def generate_dataset(out_dir: str | Path, config: SyntheticConfig | None = None,
                      progress: bool = True) -> Path:  # fmt: skip
     """Write ``images/{train,val}``, ``labels/{train,val}`` and ``data.yaml`` into ``out_dir``.
 
@@ -408,6 +408,8 @@ def generate_dataset(out_dir: Path, config: SyntheticConfig | None = None,
     """
     config = config or SyntheticConfig()
     out_dir = Path(out_dir)
+    if not isinstance(config, SyntheticConfig):
+        raise ConfigError(f"generate_dataset needs a SyntheticConfig, got {type(config).__name__}.")
     counts = {"train": config.train_images, "val": config.val_images}
     bar = progress_bar(total=sum(counts.values()), desc="synthetic data", unit="img",
                        disable=not progress)  # fmt: skip
