@@ -75,6 +75,8 @@ def test_layout_and_relocatable_yaml(tmp_path):
     for split, n in (("train", 6), ("val", 3)):
         assert len(list((tmp_path / "ds" / "images" / split).glob("*.jpg"))) == n
         assert len(list((tmp_path / "ds" / "labels" / split).glob("*.txt"))) == n
+    with pytest.raises(ConfigError, match="already holds files"):
+        generate_dataset(tmp_path / "ds", SyntheticConfig(**SMALL), progress=False)
 
 
 def test_labels_are_tight_boxes_of_visible_pixels():

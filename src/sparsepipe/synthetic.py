@@ -410,6 +410,13 @@ def generate_dataset(out_dir: str | Path, config: SyntheticConfig | None = None,
     out_dir = Path(out_dir)
     if not isinstance(config, SyntheticConfig):
         raise ConfigError(f"generate_dataset needs a SyntheticConfig, got {type(config).__name__}.")
+    for sub in ("images", "labels"):
+        if (out_dir / sub).is_dir() and any((out_dir / sub).iterdir()):
+            raise ConfigError(
+                f"{out_dir / sub} already holds files; generate into a new or empty folder (an "
+                f"older, larger dataset would leave stale images behind). `sparsepipe data` "
+                f"replaces a dataset folder atomically."
+            )
     counts = {"train": config.train_images, "val": config.val_images}
     bar = progress_bar(total=sum(counts.values()), desc="synthetic data", unit="img",
                        disable=not progress)  # fmt: skip
