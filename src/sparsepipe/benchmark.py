@@ -216,7 +216,7 @@ def format_table(result: StepResult) -> str:
     hw = result.extra.get("hardware", {})
     header = f"{'model':<22}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'mean ms':>10}{'img/s':>10}"
     lines = [
-        f"onnxruntime {result.config.get('engine', '')} | batch {result.config['batch']} | threads "
+        f"{result.config.get('engine', 'onnxruntime')} | batch {result.config['batch']} | threads "
         f"{result.config['threads']} | {hw.get('cpu_model', '?')} ({hw.get('int8_hint', '')})",
         header,
         "-" * len(header),
