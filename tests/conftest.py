@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import os
 
+import tempfile
+
 os.environ.setdefault("YOLO_OFFLINE", "true")
+# Generated and downloaded datasets go to a throwaway cache, never the user's ~/.cache.
+os.environ["SPARSEPIPE_CACHE"] = tempfile.mkdtemp(prefix="sparsepipe-test-cache-")
 os.environ.setdefault("YOLO_AUTOINSTALL", "false")
 
 try:  # written in parallel; each file is optional until it lands

@@ -20,17 +20,18 @@ import math
 from typing import Any, Callable
 
 # Events sparsepipe relies on, in the order ultralytics fires them during ``train()``.
+# (ultralytics 8.4 declares an "optimizer_step" event but never fires it: code that must run
+# right after each optimizer step overrides the trainer's ``optimizer_step`` method instead.)
 TRAINING_EVENTS = (
     "on_pretrain_routine_start",
     "on_pretrain_routine_end",
     "on_train_start",
     "on_train_epoch_start",
     "on_train_batch_start",
-    "optimizer_step",
     "on_train_batch_end",
     "on_train_epoch_end",
+    "on_model_save",  # the checkpoint of the epoch is written before the epoch's metrics callback
     "on_fit_epoch_end",
-    "on_model_save",
     "on_train_end",
 )
 
