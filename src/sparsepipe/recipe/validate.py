@@ -103,20 +103,31 @@ def _close(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     return difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.6)
 
 
-def _what_instead(name: str, index: ModelIndex, kind: str) -> str:
-    """A hint naming what the model has near a missing name."""
+def _anchor_head(name: str, index: ModelIndex) -> str | None:
+    """The head module name if ``name`` is an original-YOLOv5 anchor-head tensor on this model."""
     m = _ANCHOR_HEAD_RE.match(name)
     if m and index.modules.get(f"model.{m.group(1)}") in DETECT_HEADS:
-        head = f"model.{m.group(1)}"
-        has = [p for p in index.params if p.startswith(head + ".") and p.endswith(".weight")][:4]
-        return (f"'{name}' is a tensor of the original YOLOv5 repository's anchor-based Detect "
-                f"head; this model's {head} is an anchor-free ultralytics "
-                f"{index.modules[head]} head (YOLOv5u/YOLOv8 style) with cv2/cv3/dfl branches "
-                f"instead (e.g. {', '.join(has)}). Drop these names or use a recipe written for "
-                f"ultralytics models")
+        return f"model.{m.group(1)}"
+    return None
+
+
+def _anchor_head_message(names: list[str], head: str, index: ModelIndex) -> str:
+    has = [p for p in index.params if p.startswith(head + ".") and p.endswith("conv.weight")][:4]
+    return (f"{', '.join(repr(n) for n in names)} name the original YOLOv5 repository's "
+            f"anchor-based Detect head (model.N.m.i), which this model does not have: its "
+            f"{head} is an anchor-free ultralytics {index.modules[head]} head (YOLOv5u/YOLOv8 "
+            f"style) with cv2/cv3/dfl branches instead (e.g. {', '.join(has)}). Drop these names "
+            f"or use a recipe written for ultralytics models")
+
+
+def _what_instead(name: str, index: ModelIndex, kind: str) -> str:
+    """A hint naming what the model has near a missing name."""
+    head = _anchor_head(name, index)
+    if head:
+        return _anchor_head_message([name], head, index)
     close = _close(name, index.params if kind == "parameter" else index.modules)
     parts = name.split(".")
-    for cut in range(len(parts) - 1, 0, -1):
+    for cut in range(len(parts) - 1, 1, -1):
         prefix = ".".join(parts[:cut])
         if prefix in index.modules:
             pool = index.params if kind == "parameter" else index.modules
@@ -176,6 +187,14 @@ def resolve_pruning(modifier: GMPruningModifier | ConstantPruningModifier,
                 own.append(f"'{name}' is selected for both {out[name]} and {final} final sparsity; "
                            f"list each tensor in one tier only")
             out[name] = final
+    heads: dict[str, list[str]] = {}
+    for selector in list(unmatched):
+        head = _anchor_head(selector, index)
+        if head:
+            heads.setdefault(head, []).append(selector)
+            unmatched.remove(selector)
+    for head, names in heads.items():
+        own.append(f"parameters do not exist: {_anchor_head_message(names, head, index)}")
     for selector in unmatched:
         if selector.startswith("re:"):
             own.append(f"params selector '{selector}' matches no parameter (names look like "
