@@ -102,8 +102,9 @@ def _modifier_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Tagg
     line = node.start_mark.line + 1 if node.start_mark else 0
     if lookup(suffix) is None:
         raise RecipeSyntaxError(
-            f"{loader.source}: line {line}: unknown modifier '!{suffix}'. Known modifiers: "
-            f"{', '.join(known_tags())}. Check the spelling, or remove the modifier."
+            f"{loader.source}: line {line}: unknown modifier tag '!{suffix}'. Known tags: "
+            f"{', '.join('!' + t for t in known_tags())}. Check the spelling, or remove the "
+            f"modifier."
         )
     if isinstance(node, yaml.ScalarNode) and node.value == "":
         fields: dict[str, Any] = {}
