@@ -532,12 +532,14 @@ def _plan_prefix(
         obj = by_rel.get(rel)
         if obj is None:
             problems.append(f"'{rel}' is missing")
-        elif int(size) != obj["Size"]:
+        elif not isinstance(size, int) or size != obj["Size"]:
             problems.append(f"'{rel}' has {obj['Size']} bytes, the manifest says {size}")
         else:
             files.append(obj)
     if problems:
-        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        shown = "; ".join(problems[:5])
+        if len(problems) > 5:
+            shown += f"; and {len(problems) - 5} more"
         raise StorageError(
             f"Refusing to download {uri}: it does not match its '{MANIFEST_NAME}' manifest "
             f"({shown}), so the upload is partial or was changed afterwards. Re-upload it."
