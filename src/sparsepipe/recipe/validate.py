@@ -254,11 +254,9 @@ def validate_recipe(recipe: "Recipe", model: "torch.nn.Module | ModelIndex",
                 if student not in index.modules:
                     problems.append(f"!PerLayerDistillationModifier: student layer '{student}' does "
                                     f"not exist: {_what_instead(student, index, 'module')}")
-                check = tindex if tindex is not None else (
-                    index if not mod.teacher_layer_names or not mod.student_layer_names else None)
-                if check is not None and teach not in check.modules:
+                if tindex is not None and teach not in tindex.modules:
                     problems.append(f"!PerLayerDistillationModifier: teacher layer '{teach}' does "
-                                    f"not exist: {_what_instead(teach, check, 'module')}")
+                                    f"not exist: {_what_instead(teach, tindex, 'module')}")
                 rep.targets[student] = teach
             if tindex is None and mod.teacher_layer_names and mod.student_layer_names:
                 rep.notes.append("teacher layer names are checked when the teacher is loaded")
