@@ -25,6 +25,7 @@ import ast
 import math
 import operator
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -109,7 +110,9 @@ def parse_expression(expr: str, where: str = "recipe") -> ast.Expression:
     if len(expr) > MAX_EXPRESSION_CHARS:
         raise _fail(expr[:60] + "...", where, f"it is longer than {MAX_EXPRESSION_CHARS} characters")
     try:
-        tree = ast.parse(expr.strip(), mode="eval")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. SyntaxWarning for '1if'
+            tree = ast.parse(expr.strip(), mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
         raise _fail(expr, where, f"it is not a valid expression ({type(exc).__name__})") from None
     try:

@@ -199,9 +199,10 @@ def load_yaml(text: str, source: str = "recipe") -> Any:
             f"{source}: the recipe text is {len(text):,} characters; recipes are limited to "
             f"{MAX_RECIPE_BYTES:,}. Check that you passed the right text."
         )
-    loader = RecipeLoader(text)
-    loader.source = source
+    loader: RecipeLoader | None = None
     try:
+        loader = RecipeLoader(text)
+        loader.source = source
         node = loader.get_single_node()
         if node is None:
             return None
@@ -221,7 +222,8 @@ def load_yaml(text: str, source: str = "recipe") -> Any:
             f"{source}: the YAML is nested too deeply to be a recipe."
         ) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 class RecipeDumper(yaml.SafeDumper):
