@@ -129,6 +129,12 @@ class RecipeLoader(yaml.SafeLoader):
     source = "recipe"
 
 
+# YAML 1.1 reads '1e-4' (no dot) as a string; recipes mean a number.
+_FLOAT_RE = re.compile(r"""^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$""")
+RecipeLoader.yaml_implicit_resolvers = {
+    k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789"))
 RecipeLoader.add_multi_constructor("!", _modifier_tag)
 RecipeLoader.add_constructor(None, _unknown_tag)  # type: ignore[arg-type]
 
