@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import DATA, RECIPES, REPO
+from recipe_helpers import DATA, RECIPES, REPO
 from sparsepipe.errors import RecipeError
 from sparsepipe.recipe.cli import add_recipe_commands, main
 
@@ -24,7 +24,7 @@ def parse(argv):
 
 
 def test_validate_with_model_lists_tensors(monkeypatch):
-    from conftest import build_model
+    from recipe_helpers import build_model
     import sparsepipe.recipe.cli as cli
 
     monkeypatch.setattr(cli, "_load_model", build_model)
@@ -53,7 +53,7 @@ def test_validate_unknown_override_raises():
 
 
 def test_schedule_prints_and_plots(tmp_path, monkeypatch):
-    from conftest import build_model
+    from recipe_helpers import build_model
     import sparsepipe.recipe.cli as cli
 
     monkeypatch.setattr(cli, "_load_model", build_model)

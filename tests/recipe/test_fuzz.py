@@ -109,3 +109,50 @@ def test_fuzz_recipe_args(args):
         parse_recipe_args(args)
     except RecipeError:
         pass
+
+
+fractions = st.floats(0, 1, allow_nan=False)
+epochs = st.one_of(st.integers(-1, 50), st.floats(0, 50, allow_nan=False),
+                   st.sampled_from(["eval(n)", "eval(n / 2)", "eval(-1)", "eval(max(1, n - 3))"]))
+
+
+@st.composite
+def plausible_recipes(draw):
+    mods = [_Tagged("EpochRangeModifier", {"start_epoch": 0, "end_epoch": draw(epochs)})]
+    lo, hi = sorted([draw(fractions), draw(fractions)])
+    s, e = sorted([draw(st.floats(0, 20, allow_nan=False)), draw(st.floats(0, 40, allow_nan=False))])
+    mods.append(_Tagged(draw(st.sampled_from(["GMPruningModifier", "MagnitudePruningModifier",
+                                              "GlobalMagnitudePruningModifier"])),
+                        {"params": "__ALL_PRUNABLE__", "init_sparsity": lo, "final_sparsity": hi,
+                         "start_epoch": s, "end_epoch": e,
+                         "inter_func": draw(st.sampled_from(["linear", "cubic", "inverse_cubic"])),
+                         "update_frequency": draw(st.sampled_from([-1, 0.5, 1, 3]))}))
+    mods.append(_Tagged("LearningRateFunctionModifier",
+                        {"lr_func": draw(st.sampled_from(["linear", "cosine", "cyclic_linear"])),
+                         "init_lr": draw(st.floats(1e-5, 1)), "final_lr": draw(st.floats(0, 1)),
+                         "start_epoch": s, "end_epoch": e + 1}))
+    mods.append(_Tagged("QuantizationModifier",
+                        {"start_epoch": draw(epochs), "freeze_bn_stats_epoch": draw(epochs)}))
+    data = {"n": draw(st.integers(-3, 30)), "training_modifiers": mods}
+    if draw(st.booleans()):
+        data = {"n": data["n"], "one": {"m_modifiers": mods[:2]}, "two": {"m_modifiers": mods[2:]}}
+    return data
+
+
+@settings(max_examples=400, deadline=None)
+@given(plausible_recipes(), st.floats(-1, 60, allow_nan=False))
+def test_fuzz_plausible_recipes_schedule(data, epoch):
+    from sparsepipe.recipe import schedule
+
+    text = yaml.dump(data, Dumper=_Dumper, sort_keys=False)
+    try:
+        r = load_recipe_string(text)
+    except RecipeError:
+        return
+    assert load_recipe_string(r.to_yaml()) == r
+    for mod in r.modifiers:
+        if hasattr(mod, "sparsity_at"):
+            assert -1e-12 <= mod.sparsity_at(epoch) <= 1 + 1e-12
+    lr = schedule.lr_at(r, epoch, 1, base_lr=0.01)
+    assert lr is not None and lr >= 0
+    schedule.qat_state(r, epoch)

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from conftest import RECIPES
+from recipe_helpers import RECIPES
 from sparsepipe.errors import RecipeError
 from sparsepipe.modifiers import (
     DistillationModifier,
@@ -292,3 +292,21 @@ def test_round_trip_keeps_overrides(tmp_path):
     again = load_recipe(path)
     assert again == r and again.num_epochs == 7
     assert isinstance(again.modifiers[2], GMPruningModifier) and again.modifiers[2].end_epoch == 5
+
+
+def test_scientific_notation_without_dot_is_a_number():
+    r = recipe("""
+        lr: 1e-4
+        training_modifiers:
+          - !SetLearningRateModifier {learning_rate: eval(lr * 2), start_epoch: 0}
+    """)
+    assert r.variables["lr"] == 1e-4 and r.modifiers[0].learning_rate == 2e-4
+
+
+def test_scheme_presets_and_bad_scheme():
+    r = recipe("q_modifiers: [!QuantizationModifier {scheme: tensorrt, start_epoch: 1}]")
+    assert r.modifiers[0].scheme.input_activations.symmetric is True
+    with pytest.raises(RecipeError, match="preset"):
+        recipe("q_modifiers: [!QuantizationModifier {scheme: fastest}]")
+    with pytest.raises(RecipeError, match="num_bit"):
+        recipe("q_modifiers: [!QuantizationModifier {scheme: {weights: {num_bit: 8}}}]")

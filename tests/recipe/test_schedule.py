@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from conftest import RECIPES
+from recipe_helpers import RECIPES
 from sparsepipe.modifiers import (
     GMPruningModifier,
     LearningRateFunctionModifier,

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from conftest import DATA, RECIPES, build_model, model_for_recipe
+from recipe_helpers import DATA, RECIPES, build_model, model_for_recipe
 from sparsepipe.errors import RecipeError
 from sparsepipe.modifiers import ConstantPruningModifier, QuantizationModifier
 from sparsepipe.recipe import (
