@@ -37,7 +37,7 @@ class DemoConfig:
             raise ConfigError(f"imgsz={self.imgsz} must be a multiple of 32.")
 
 
-def run_demo(out: str | Path, config: DemoConfig | None = None, experiment: str = "sparsepipe-demo", track: bool = True) -> StepResult:
+def run_demo(out: str | Path, config: DemoConfig | None = None, experiment: str = "sparsepipe", track: bool = True) -> StepResult:
     """Run every step into ``out/<step>`` and return the report step's result."""
     from sparsepipe.benchmark import BenchmarkConfig, benchmark
     from sparsepipe.data import DataConfig, prepare_data

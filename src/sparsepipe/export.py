@@ -111,7 +111,7 @@ def export_onnx(model: str, out: str | Path, config: ExportConfig | None = None,
         config={"model": str(model), **dataclasses.asdict(config)},
         extra={"metadata": onnx_metadata(target)},
     )
-    tracker.log_params({f"export.{k}": v for k, v in dataclasses.asdict(config).items()})
+    tracker.log_params({f"export.{k}": v for k, v in dataclasses.asdict(config).items() if k != "variant"})
     tracker.log_metrics(metrics)
     tracker.log_artifact(str(target), "onnx")
     result.write()

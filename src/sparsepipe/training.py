@@ -128,7 +128,8 @@ def train(
             f"Model '{model}' is a {yolo.task} model; sparsepipe trains detection and segmentation "
             f"models. Use e.g. yolov8n.yaml or yolov8n-seg.yaml."
         )
-    yolo.add_callback("on_fit_epoch_end", epoch_logger(tracker))
+    for event, function in epoch_logger(tracker).items():
+        yolo.add_callback(event, function)
     for event, functions in (callbacks or {}).items():
         for function in functions:
             yolo.add_callback(event, function)

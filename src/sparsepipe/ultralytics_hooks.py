@@ -101,19 +101,23 @@ def epoch_metrics(trainer: Any) -> dict[str, float]:
     return out
 
 
-def epoch_logger(tracker: Any) -> Callable[[Any], None]:
-    """An ``on_fit_epoch_end`` callback logging :func:`epoch_metrics` with ``step=epoch``.
+def epoch_logger(tracker: Any) -> dict[str, Callable[[Any], None]]:
+    """Callbacks that log :func:`epoch_metrics` with ``step=epoch`` once per training epoch.
 
-    Ultralytics fires ``on_fit_epoch_end`` once more after training for the final validation
-    of ``best.pt``; that call is skipped so curves are not bent by a duplicate point.
+    Ultralytics fires ``on_fit_epoch_end`` once more after training, for the final validation
+    of ``best.pt`` (at step epochs + 1). That call is not preceded by ``on_train_epoch_end``
+    and is skipped here: the train step logs those final numbers as ``map50``/``map50_95``.
+    Returns ``{event: callback}`` to register with ``YOLO.add_callback``.
     """
-    logged: set[int] = set()
+    pending = {"epoch_ended": False}
+
+    def on_train_epoch_end(trainer: Any) -> None:
+        pending["epoch_ended"] = True
 
     def on_fit_epoch_end(trainer: Any) -> None:
-        epoch = int(trainer.epoch) + 1
-        if epoch in logged:
+        if not pending["epoch_ended"]:
             return
-        logged.add(epoch)
-        tracker.log_metrics(epoch_metrics(trainer), step=epoch)
+        pending["epoch_ended"] = False
+        tracker.log_metrics(epoch_metrics(trainer), step=int(trainer.epoch) + 1)
 
-    return on_fit_epoch_end
+    return {"on_train_epoch_end": on_train_epoch_end, "on_fit_epoch_end": on_fit_epoch_end}
