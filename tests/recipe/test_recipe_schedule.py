@@ -227,3 +227,32 @@ def test_mask_errors():
         magnitude_mask(torch.randn(8), 0.5, "block4")
     with pytest.raises(ValueError):
         magnitude_mask(torch.randn(4, 4), 1.5)
+
+
+def test_cyclic_after_end_keeps_last_value():
+    assert lr_at([lrf("cyclic_linear", 0.1, 0.0, cycle_epochs=2)], 12.0) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"step_size": 0}, {"step_size": "x"}, {"T_0": 1, "T_mult": 0.5}, {"milestones": 3},
+     {"T_0": 0}],
+)
+def test_torch_scheduler_kwargs_validated(kwargs):
+    from sparsepipe.errors import RecipeError
+    from sparsepipe.recipe import build_modifier
+
+    cls = {"step_size": "StepLR", "T_0": "CosineAnnealingWarmRestarts",
+           "milestones": "MultiStepLR"}[next(iter(kwargs))]
+    with pytest.raises(RecipeError, match="lr_kwargs"):
+        build_modifier("LearningRateModifier",
+                       {"lr_class": cls, "lr_kwargs": kwargs, "init_lr": 0.1}, "test")
+
+
+def test_cosine_warm_restarts():
+    mod = LearningRateModifier(lr_class="CosineAnnealingWarmRestarts",
+                               lr_kwargs={"T_0": 2, "T_mult": 2}, init_lr=0.1, start_epoch=0)
+    assert mod.lr_at(0) == pytest.approx(0.1)
+    assert mod.lr_at(1) == pytest.approx(0.05)
+    assert mod.lr_at(2) == pytest.approx(0.1)   # restart; next period is 4 epochs
+    assert mod.lr_at(4) == pytest.approx(0.05)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import warnings
 
 import pytest
 
@@ -10,6 +11,7 @@ from recipe_helpers import DATA, RECIPES, build_model, model_for_recipe
 from sparsepipe.errors import RecipeError
 from sparsepipe.modifiers import ConstantPruningModifier, QuantizationModifier
 from sparsepipe.recipe import (
+    RecipeWarning,
     index_model,
     iter_recipe_files,
     load_recipe,
@@ -33,7 +35,9 @@ def test_recipes_folder_is_covered():
 def test_every_recipe_loads_and_validates(path):
     recipe = load_recipe(path)
     model = build_model(model_for_recipe(path))
-    report = validate_recipe(recipe, model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RecipeWarning)  # param-group order notes
+        report = validate_recipe(recipe, model)
     assert recipe.num_epochs > 0
     assert len(report.modifiers) == len(recipe.modifiers)
     # unmatched (non-strict) quantization keys would show up as warnings: there must be none
@@ -89,7 +93,10 @@ def test_qat_prepared_names_rule(yolov8n):
     assert "'model.1.act'" not in message and "'model.2.m.0.add_input_0'" not in message
     assert "2 problems" in message
     lenient = load_recipe_string(text.replace("strict: true", "strict: false"))
-    report = validate_recipe(lenient, yolov8n)
+    with pytest.warns(RecipeWarning) as caught:
+        report = validate_recipe(lenient, yolov8n)
+    assert len(caught) == 2
+    assert any("without a residual add" in str(w.message) for w in caught)
     assert sum("matches no module" in w for w in report.warnings) == 2
 
 

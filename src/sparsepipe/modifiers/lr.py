@@ -108,9 +108,9 @@ class LearningRateFunctionModifier(_LRModifier):
         span = self.end - self.start
         e = min(max(epoch, self.start), self.end)
         if self.lr_func == "cyclic_linear":
-            if epoch >= self.end:
-                e = self.end
             phase = ((e - self.start) % self.cycle_epochs) / self.cycle_epochs
+            if epoch >= self.end and phase == 0:
+                phase = 1.0  # the sawtooth ended exactly at a cycle boundary: keep its last value
             return self.init_lr + phase * (self.final_lr - self.init_lr)
         x = (e - self.start) / span
         if self.lr_func == "linear":
@@ -161,6 +161,28 @@ class LearningRateModifier(_LRModifier):
         missing = need - set(self.lr_kwargs)
         if missing:
             raise ValueError(f"{self.lr_class} needs lr_kwargs {sorted(missing)}")
+        k = self.lr_kwargs
+
+        def number(name: str, low: float, default: float | None = None) -> None:
+            value = k.get(name, default)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low:
+                raise ValueError(f"lr_kwargs {name} must be a number >= {low}, got {value!r}")
+
+        if "gamma" in k:
+            number("gamma", 0.0)
+        if self.lr_class == "StepLR":
+            number("step_size", 1e-6)
+        if self.lr_class == "MultiStepLR":
+            ms = k["milestones"]
+            if not isinstance(ms, list) or not all(
+                    isinstance(m, (int, float)) and not isinstance(m, bool) for m in ms):
+                raise ValueError(f"lr_kwargs milestones must be a list of epochs, got {ms!r}")
+        if self.lr_class == "CosineAnnealingWarmRestarts":
+            number("T_0", 1e-3)
+            number("T_mult", 1, 1)
+            number("eta_min", 0.0, 0.0)
+            if float(k.get("T_mult", 1)) != int(k.get("T_mult", 1)):
+                raise ValueError("lr_kwargs T_mult must be a whole number >= 1")
         return self
 
     def lr_at(self, epoch: float) -> float:
@@ -176,7 +198,9 @@ class LearningRateModifier(_LRModifier):
         if self.lr_class == "CosineAnnealingWarmRestarts":
             t0, mult, eta_min = float(k["T_0"]), float(k.get("T_mult", 1)), float(k.get("eta_min", 0))
             t_i, t_cur = t0, e
-            while t_cur >= t_i:
+            if mult == 1:
+                t_cur = e % t0
+            while t_cur >= t_i:  # T_mult >= 2: logarithmically many restarts
                 t_cur -= t_i
                 t_i *= mult
             return eta_min + (self.init_lr - eta_min) * (1 + math.cos(math.pi * t_cur / t_i)) / 2

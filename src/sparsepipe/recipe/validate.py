@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+import warnings as _warnings
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,7 @@ from sparsepipe.modifiers.base import Modifier
 from sparsepipe.modifiers.distillation import PerLayerDistillationModifier
 from sparsepipe.modifiers.pruning import ALL, ALL_PRUNABLE, ConstantPruningModifier, GMPruningModifier
 from sparsepipe.modifiers.quantization import LegacyQuantizationModifier, QuantizationModifier
-from sparsepipe.recipe.errors import RecipeValidationError
+from sparsepipe.recipe.errors import RecipeValidationError, RecipeWarning
 
 if TYPE_CHECKING:
     import torch
@@ -126,6 +127,12 @@ def _what_instead(name: str, index: ModelIndex, kind: str) -> str:
     if head:
         return _anchor_head_message([name], head, index)
     close = _close(name, index.params if kind == "parameter" else index.modules)
+    add = re.match(r"^(.*)\.add_input_\d+$", name)
+    if add and add.group(1) in index.modules:
+        owner = add.group(1)
+        return (f"{owner} is a {index.modules[owner]} without a residual add (no shortcut), so "
+                f"QAT preparation creates no add_input module for it; "
+                f"did you mean {', '.join(close) or 'another block'}?")
     parts = name.split(".")
     for cut in range(len(parts) - 1, 1, -1):
         prefix = ".".join(parts[:cut])
@@ -268,4 +275,6 @@ def validate_recipe(recipe: "Recipe", model: "torch.nn.Module | ModelIndex",
             + ". Fix the names in the recipe (a recipe written for another architecture names "
               "layers this model does not have)."
         )
+    for text in warnings:
+        _warnings.warn(f"{recipe.source}: {text}", RecipeWarning, stacklevel=2)
     return ValidationReport(reports, warnings)
