@@ -219,7 +219,7 @@ class GMPruningModifier(_ParamsMixin):
             return True
         return epoch + EPS >= last_update + self.update_frequency
 
-    def enforced(self, epoch: float, started: bool = True) -> bool:
+    def enforced(self, epoch: float) -> bool:
         """Whether masks are enforced at ``epoch`` (after end only while ``leave_enabled``)."""
         if epoch + EPS < self.start_epoch:
             return False

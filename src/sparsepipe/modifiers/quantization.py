@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sparsepipe.modifiers.base import Modifier
 from sparsepipe.recipe.errors import RecipeError

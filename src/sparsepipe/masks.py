@@ -1,0 +1,176 @@
+"""Pruning masks on a live model: computed on the recipe's schedule, enforced exactly.
+
+    python -c "from sparsepipe.masks import MaskManager, sparsity_table"
+
+:class:`MaskManager` owns one keep-mask per pruned tensor. ``step(epoch)`` recomputes masks
+when a pruning modifier's schedule says so (GMP family: magnitude at the scheduled sparsity;
+ConstantPruning: whatever is zero when it starts); ``apply(module)`` zeroes the pruned
+weights of a module with the same parameter names (the trained model, or ultralytics' EMA).
+
+How masks stay exact without masking the EMA every step (see :mod:`sparsepipe.recipe_session`):
+the masks are applied to the model right after every optimizer step (a torch optimizer
+post-step hook), so momentum, weight decay and AMP can never leave a pruned weight non-zero.
+Ultralytics' EMA update ``ema = d * ema + (1 - d) * model`` then keeps a zero at zero, so the
+EMA needs masking only when the masks change (a handful of times per run), not every step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from sparsepipe.modifiers.pruning import (
+    ConstantPruningModifier,
+    GMPruningModifier,
+    global_magnitude_masks,
+    magnitude_mask,
+)
+from sparsepipe.recipe.schedule import MaskSchedule
+from sparsepipe.recipe.validate import resolve_pruning
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from sparsepipe.recipe.recipe import Recipe
+
+
+def unwrap(model: Any) -> Any:
+    """The bare module inside DDP / DataParallel wrappers."""
+    return model.module if hasattr(model, "module") and not hasattr(model, "yaml") else model
+
+
+class MaskManager:
+    """Keep-masks of every tensor a recipe prunes, their schedules and enforcement windows."""
+
+    def __init__(self, model: "torch.nn.Module", recipe: "Recipe") -> None:
+        self.model = unwrap(model)
+        self.params = dict(self.model.named_parameters())
+        self.pruners: list[tuple[GMPruningModifier, dict[str, float], MaskSchedule]] = []
+        self.constants: list[tuple[ConstantPruningModifier, list[str]]] = []
+        for modifier in recipe.modifiers:
+            if isinstance(modifier, GMPruningModifier):
+                self.pruners.append((modifier, resolve_pruning(modifier, self.model), MaskSchedule(modifier)))
+            elif isinstance(modifier, ConstantPruningModifier):
+                self.constants.append((modifier, list(resolve_pruning(modifier, self.model))))
+        self.constant_started = [False] * len(self.constants)
+        self.masks: dict[str, "torch.Tensor"] = {}  # name -> bool keep-mask currently enforced
+        self.owners: dict[str, tuple[str, int]] = {}  # name -> ("gmp" | "constant", modifier index)
+
+    @property
+    def targets(self) -> dict[str, float]:
+        """Final sparsity of every tensor a GMP-family modifier prunes."""
+        out: dict[str, float] = {}
+        for _, names, _ in self.pruners:
+            out.update(names)
+        return out
+
+    # ------------------------------------------------------------------ schedule
+    def step(self, epoch: float) -> bool:
+        """Recompute masks due at ``epoch`` and drop expired ones; True if anything changed."""
+        import torch
+
+        changed = False
+        for index, (modifier, names, schedule) in enumerate(self.pruners):
+            if schedule.modifier.should_update(epoch, schedule.last_update):
+                schedule.last_update = epoch
+                by_final: dict[float, list[str]] = {}
+                for name, final in names.items():
+                    by_final.setdefault(final, []).append(name)
+                for final, group in by_final.items():
+                    sparsity = min(max(modifier.sparsity_at(epoch, final), 0.0), 1.0)
+                    if modifier.global_sparsity:
+                        new = global_magnitude_masks({n: self.params[n] for n in group}, sparsity)
+                    else:
+                        new = {n: magnitude_mask(self.params[n], sparsity, modifier.mask_type) for n in group}
+                    for name, keep in new.items():
+                        self.masks[name] = keep.to(device=self.params[name].device, dtype=torch.bool)
+                        self.owners[name] = ("gmp", index)
+                changed = True
+            if not modifier.enforced(epoch) and schedule.last_update is not None:
+                changed |= self._release("gmp", index)
+        for index, (modifier, names) in enumerate(self.constants):
+            if not self.constant_started[index] and modifier.is_active(epoch):
+                for name in names:
+                    if self.owners.get(name, ("", -1))[0] != "gmp":
+                        self.masks[name] = self.params[name].detach() != 0
+                        self.owners[name] = ("constant", index)
+                self.constant_started[index] = True
+                changed = True
+            elif self.constant_started[index] and not modifier.is_active(epoch):
+                changed |= self._release("constant", index)
+        return changed
+
+    def _release(self, kind: str, index: int) -> bool:
+        names = [n for n, owner in self.owners.items() if owner == (kind, index)]
+        for name in names:
+            self.masks.pop(name, None)
+            self.owners.pop(name, None)
+        return bool(names)
+
+    # ------------------------------------------------------------------ enforcement
+    def apply(self, module: "torch.nn.Module | None" = None) -> None:
+        """Zero the pruned weights of ``module`` (default: the trained model) in place."""
+        import torch
+
+        if not self.masks:
+            return
+        params = self.params if module is None else dict(unwrap(module).named_parameters())
+        with torch.no_grad():
+            for name, keep in self.masks.items():
+                param = params.get(name)
+                if param is not None:
+                    param.mul_(keep.to(device=param.device, dtype=param.dtype))
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        """Schedule positions (JSON-able); the masks themselves are the zeros of the weights."""
+        return {
+            "last_update": [s.last_update for _, _, s in self.pruners],
+            "constant_started": list(self.constant_started),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume: restore schedule positions and rebuild the masks from the weights' zeros."""
+        for (modifier, names, schedule), last in zip(self.pruners, state.get("last_update", [])):
+            schedule.last_update = last
+            if last is not None and modifier.enforced(last):
+                index = next(i for i, p in enumerate(self.pruners) if p[0] is modifier)
+                for name in names:
+                    self.masks[name] = self.params[name].detach() != 0
+                    self.owners[name] = ("gmp", index)
+        for index, started in enumerate(state.get("constant_started", [])[: len(self.constants)]):
+            if started:
+                self.constant_started[index] = True
+                for name in self.constants[index][1]:
+                    if name not in self.masks:
+                        self.masks[name] = self.params[name].detach() != 0
+                        self.owners[name] = ("constant", index)
+
+
+def sparsity_table(model: "torch.nn.Module", names: list[str] | None = None, min_numel: int = 1) -> dict[str, dict[str, float]]:
+    """``{name: {"zeros", "numel", "sparsity"}}`` for conv/linear weights (or ``names``)."""
+    model = unwrap(model)
+    table = {}
+    for name, param in model.named_parameters():
+        if names is not None:
+            if name not in names:
+                continue
+        elif not (name.endswith(".weight") and param.dim() >= 2):
+            continue
+        numel = param.numel()
+        if numel < min_numel:
+            continue
+        zeros = int((param.detach() == 0).sum())
+        table[name] = {"zeros": zeros, "numel": numel, "sparsity": zeros / numel}
+    return table
+
+
+def overall_sparsity(table: dict[str, dict[str, float]]) -> float:
+    """Fraction of zeros over every tensor of a :func:`sparsity_table`."""
+    numel = sum(row["numel"] for row in table.values())
+    return sum(row["zeros"] for row in table.values()) / numel if numel else 0.0
+
+
+def expected_zeros(sparsity: float, numel: int) -> int:
+    """Zeros a tensor of ``numel`` has at ``sparsity`` (``round(s * numel)``, as the masks use)."""
+    return int(round(sparsity * numel)) if not math.isnan(sparsity) else 0

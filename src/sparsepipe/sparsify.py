@@ -1,0 +1,238 @@
+"""Sparsify: train an ultralytics model under a recipe and publish a sparse checkpoint.
+
+    sparsepipe sparsify --model runs/train --data synthetic --recipe recipes/yolov8n-pruned50.yaml --out runs/pruned50
+
+Steps: load + validate the recipe against the model (every error before any training),
+train with ultralytics for the recipe's length while :class:`~sparsepipe.recipe_session.RecipeSession`
+drives masks and learning rate, then publish the *final* checkpoint (``last.pt``, not the
+"best" epoch, which may predate pruning) as ``<out>/model.pt`` with the recipe state in it,
+evaluate it, and write the per-layer sparsity table and bar chart.
+``--resume`` continues a killed run from ``<out>/ultralytics/weights/last.pt``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from sparsepipe.errors import ConfigError, SparsepipeError
+from sparsepipe.results import StepResult, atomic_copy, atomic_write_bytes, atomic_write_text
+from sparsepipe.training import ULTRALYTICS_DIR
+
+
+@dataclasses.dataclass
+class SparsifyConfig:
+    """Settings of the sparsify step (the recipe decides the number of epochs)."""
+
+    imgsz: int = 320  # square training size in pixels (multiple of 32)
+    batch: int = 16  # images per batch
+    device: str = "cpu"  # "cpu", "0", "0,1"
+    workers: int = 2  # data-loader processes
+    seed: int = 0  # RNG seed (deterministic=True)
+    optimizer: str = "auto"  # ultralytics optimizer; recipes with LR modifiers set the LR themselves
+    lr0: float | None = None  # initial LR when the recipe has no LR modifier (None: ultralytics' choice)
+    max_epochs: int | None = None  # budget: refuse a recipe that needs more epochs than this
+    plots: bool = True  # ultralytics' plots
+    variant: str = "pruned"  # variant name in MLflow and the report
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # other ultralytics train args
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.imgsz, int) or self.imgsz < 32 or self.imgsz % 32:
+            raise ConfigError(f"imgsz={self.imgsz!r} must be a multiple of 32 (e.g. 320 or 640).")
+        if not isinstance(self.batch, int) or self.batch < 1:
+            raise ConfigError(f"batch={self.batch!r} must be a positive integer.")
+        if self.max_epochs is not None and self.max_epochs < 1:
+            raise ConfigError(f"max_epochs={self.max_epochs!r} must be a positive integer or unset.")
+        reserved = {"model", "data", "project", "name", "exist_ok", "trainer", "resume", "epochs"} & set(self.extra)
+        if reserved:
+            raise ConfigError(f"extra ultralytics arguments {sorted(reserved)} are decided by sparsepipe or the recipe.")
+
+
+def sparsity_chart(table: dict[str, dict[str, float]], path: Path, title: str) -> Path:
+    """Horizontal bar chart of per-layer sparsity (PNG)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(table)
+    height = max(3.0, 0.18 * len(names) + 1.2)
+    fig, ax = plt.subplots(figsize=(7.5, height), dpi=100)
+    ax.barh(range(len(names)), [table[n]["sparsity"] for n in names], color="#4c72b0")
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels([n.replace(".weight", "") for n in names], fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("sparsity (fraction of zero weights)")
+    ax.set_title(title)
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def _load_for_resume(out: Path) -> tuple[Path, dict[str, Any]]:
+    from sparsepipe.recipe_session import checkpoint_state
+
+    last = out / ULTRALYTICS_DIR / "weights" / "last.pt"
+    if not last.is_file():
+        raise SparsepipeError(
+            f"Cannot resume: {last} does not exist. --resume continues a sparsify run in the same "
+            f"--out folder; start a new run without --resume."
+        )
+    state = checkpoint_state(last)
+    if not state:
+        raise SparsepipeError(
+            f"Cannot resume from {last}: the checkpoint has no sparsepipe recipe state (it was not "
+            f"written by `sparsepipe sparsify`, or training finished and the file was stripped). "
+            f"Start a new run without --resume."
+        )
+    return last, state
+
+
+def sparsify(
+    model: str,
+    data: str,
+    recipe: str | None,
+    out: str | Path,
+    config: SparsifyConfig | None = None,
+    recipe_args: Any = None,
+    teacher: str | None = None,
+    resume: bool = False,
+    tracker: Any = None,
+    callbacks: dict[str, list[Callable[[Any], None]]] | None = None,
+) -> StepResult:
+    """Train ``model`` under ``recipe`` on ``data``; publish ``<out>/model.pt`` and its result."""
+    from sparsepipe.data import resolve_data
+    from sparsepipe.evaluate import EvaluateConfig, evaluate
+    from sparsepipe.masks import overall_sparsity, sparsity_table
+    from sparsepipe.models import count_params, load_yolo
+    from sparsepipe.recipe import load_recipe, load_recipe_string, parse_recipe_args, validate_recipe
+    from sparsepipe.recipe_session import RecipeSession, write_checkpoint_state
+    from sparsepipe.tracking import Tracker
+    from sparsepipe.ultralytics_hooks import epoch_logger, trainer_class
+
+    config = config or SparsifyConfig()
+    tracker = tracker or Tracker()
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "result.json").unlink(missing_ok=True)
+
+    # 1. Everything that can be wrong is checked before training starts.
+    resume_state = None
+    if resume:
+        start_from, resume_state = _load_for_resume(out)
+        if recipe is not None or recipe_args:
+            raise SparsepipeError(
+                "--resume continues with the recipe and overrides stored in the checkpoint; do not "
+                "pass --recipe or --recipe-args with --resume."
+            )
+        args = dict(resume_state.get("recipe_args") or {})
+        loaded = load_recipe_string(resume_state["recipe"], source=f"{start_from} (stored recipe)")
+    else:
+        if not recipe:
+            raise SparsepipeError("sparsify needs --recipe RECIPE (a .yaml/.md file); see recipes/ for examples.")
+        start_from = None
+        args = parse_recipe_args(recipe_args)
+        loaded = load_recipe(recipe, recipe_args=args)
+    epochs_needed = max(1, loaded.num_epochs)
+    if config.max_epochs is not None and epochs_needed > config.max_epochs:
+        raise SparsepipeError(
+            f"The recipe needs {epochs_needed} epochs but the budget (--max-epochs) is {config.max_epochs}. "
+            f"Shorten it with --recipe-args (e.g. num_epochs={config.max_epochs} if the recipe defines "
+            f"num_epochs) or raise --max-epochs."
+        )
+    data_yaml = resolve_data(data)
+    yolo = load_yolo(str(start_from) if start_from else model)
+    if yolo.task not in ("detect", "segment"):
+        raise SparsepipeError(f"'{model}' is a {yolo.task} model; sparsify supports detection and segmentation models.")
+    teacher_model = None
+    if teacher:
+        teacher_model = load_yolo(teacher).model
+    validate_recipe(loaded, yolo.model, teacher=teacher_model)
+    session = RecipeSession(loaded, args, tracker, resume_state=resume_state)
+    distill = None
+    from sparsepipe.recipe.schedule import DISTILLATION_MODIFIERS
+
+    if loaded.modifiers_of(*DISTILLATION_MODIFIERS):
+        from sparsepipe.distillation import DistillationSession
+
+        distill = DistillationSession.create(loaded, yolo, teacher, tracker)
+
+    # 2. Train.
+    for event, function in {**epoch_logger(tracker)}.items():
+        yolo.add_callback(event, function)
+    for event, function in session.callbacks().items():
+        yolo.add_callback(event, function)
+    for event, functions in (callbacks or {}).items():
+        for function in functions:
+            yolo.add_callback(event, function)
+    params = {"model": model, "data": data, "recipe": recipe or "(resumed)", "teacher": teacher or "",
+              "recipe_epochs": epochs_needed, **{f"recipe_args.{k}": v for k, v in args.items()},
+              **{k: v for k, v in dataclasses.asdict(config).items() if k != "extra"}}
+    if not resume:
+        tracker.log_params(params)
+        tracker.log_text(loaded.to_yaml(), "recipe/recipe.yaml")
+    train_args: dict[str, Any] = {
+        "imgsz": config.imgsz, "batch": config.batch, "device": config.device, "workers": config.workers,
+        "seed": config.seed, "deterministic": True, "optimizer": config.optimizer, "plots": config.plots,
+        **({"lr0": config.lr0} if config.lr0 is not None else {}), **config.extra, **session.ultralytics_overrides(),
+    }
+    trainer_cls = distill.trainer_class(yolo.task) if distill else trainer_class(yolo.task)
+    started = time.perf_counter()
+    if resume:
+        yolo.train(resume=str(start_from), trainer=trainer_cls)
+    else:
+        yolo.train(data=str(data_yaml), project=str(out), name=ULTRALYTICS_DIR, exist_ok=True,
+                   trainer=trainer_cls, **train_args)
+    seconds = time.perf_counter() - started
+    trainer = yolo.trainer
+
+    # 3. Publish the final checkpoint with its recipe state, then measure it.
+    last = Path(trainer.last)
+    write_checkpoint_state(last, {**session.state(), "finished": True})
+    weights = atomic_copy(last, out / "model.pt")
+    import torch
+
+    final = torch.load(str(weights), map_location="cpu", weights_only=False)["model"].float()
+    targets = session.masks.targets if session.masks else {}
+    table = sparsity_table(final, list(targets) if targets else None)
+    all_weights = sparsity_table(final)
+    table_path = atomic_write_text(out / "sparsity.json", json.dumps(
+        {name: {**row, "target": targets.get(name)} for name, row in all_weights.items()}, indent=2) + "\n")
+    chart = sparsity_chart(all_weights, out / "sparsity.png", f"per-layer sparsity ({config.variant})")
+    evaluated = evaluate(str(weights), str(data_yaml), out / "evaluate",
+                         EvaluateConfig(imgsz=config.imgsz, device=config.device, variant=config.variant))
+    metrics = {
+        **{k: v for k, v in evaluated.metrics.items() if k in ("map50", "map50_95", "mask_map50", "mask_map50_95")},
+        "sparsity": round(overall_sparsity(table), 6) if targets else round(overall_sparsity(all_weights), 6),
+        "sparsity_all_weights": round(overall_sparsity(all_weights), 6),
+        "params": float(count_params(final)),
+        "nonzero_params": float(sum(int((p != 0).sum()) for p in final.parameters())),
+        "train_time_s": round(seconds, 3),
+        "epochs": float(epochs_needed),
+        "time_per_epoch_s": round(seconds / max(1, epochs_needed - (resume_state or {}).get("epoch", 0)), 3),
+    }
+    result = StepResult(
+        step="sparsify",
+        out_dir=str(out),
+        variant=config.variant,
+        files={"weights": str(weights), "sparsity": str(table_path), "sparsity_chart": str(chart),
+               "last": str(last), "data_yaml": str(data_yaml)},
+        metrics=metrics,
+        config={"model": model, "data": data, "recipe": recipe, "recipe_args": args, "teacher": teacher,
+                "resume": resume, **dataclasses.asdict(config)},
+        extra={"targets": targets},
+    )
+    tracker.log_metrics({k: v for k, v in metrics.items() if k != "epochs"})
+    for path in (weights, table_path, chart):
+        tracker.log_artifact(str(path), "sparsify")
+    result.write()
+    return result
