@@ -98,6 +98,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _finish(train(args.model, args.data, args.out, config, tracker))
 
 
+def cmd_sparsify(args: argparse.Namespace) -> int:
+    from sparsepipe.sparsify import SparsifyConfig, sparsify
+
+    config = SparsifyConfig(
+        imgsz=args.imgsz, batch=args.batch, device=args.device, workers=args.workers, seed=args.seed,
+        optimizer=args.optimizer, max_epochs=args.max_epochs, plots=not args.no_plots,
+        variant=args.variant or "pruned", extra=_parse_extra(args.ultralytics_arg),
+    )
+    with _tracker(args, "sparsify") as tracker:
+        result = sparsify(args.model, args.data, args.recipe, args.out, config, recipe_args=args.recipe_args,
+                          teacher=args.teacher, resume=args.resume, tracker=tracker)
+    return _finish(result)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from sparsepipe.export import ExportConfig, export_onnx
 
@@ -193,6 +207,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ultralytics-arg", action="append", metavar="KEY=VALUE", help="any other ultralytics train argument (repeatable)")
     _variant_arg(p)
     _out_arg(p, "runs/train")
+    _tracking_args(p)
+
+    p = _add(sub, "sparsify", cmd_sparsify, "train under a sparsification recipe",
+             "Train a model under a SparseML-format recipe (pruning, LR schedule, distillation) and publish a sparse checkpoint.")
+    p.add_argument("--model", default="yolov8n.yaml", help="checkpoint to start from (a train step's --out folder or .pt), or a model config")
+    p.add_argument("--data", default="synthetic", help=DATA_HELP)
+    p.add_argument("--recipe", default=None, help="recipe file (.yaml/.yml/.md recipe card); see recipes/")
+    p.add_argument("--recipe-args", default=None, help="override recipe variables: JSON '{\"num_epochs\": 3}' or k=v,k2=v2")
+    p.add_argument("--teacher", default=None, help="distillation teacher: checkpoint path, or 'self' (frozen copy of --model)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in the same --out folder")
+    p.add_argument("--max-epochs", type=int, default=None, help="refuse recipes needing more epochs than this budget")
+    p.add_argument("--imgsz", type=int, default=320, help="image size in pixels (multiple of 32)")
+    p.add_argument("--batch", type=int, default=16, help="batch size")
+    p.add_argument("--device", default="cpu", help="cpu, 0, or 0,1")
+    p.add_argument("--workers", type=int, default=2, help="data-loader workers")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--optimizer", default="auto", help="ultralytics optimizer")
+    p.add_argument("--no-plots", action="store_true", help="skip ultralytics' plots")
+    p.add_argument("--ultralytics-arg", action="append", metavar="KEY=VALUE", help="other ultralytics train argument (repeatable)")
+    _variant_arg(p)
+    _out_arg(p, "runs/sparsify")
     _tracking_args(p)
 
     p = _add(sub, "export", cmd_export, "export a checkpoint to ONNX", "Export a .pt checkpoint to ONNX with ultralytics metadata.")

@@ -188,7 +188,7 @@ def sparsify(
     trainer_cls = distill.trainer_class(yolo.task) if distill else trainer_class(yolo.task)
     started = time.perf_counter()
     if resume:
-        yolo.train(resume=str(start_from), trainer=trainer_cls)
+        yolo.train(resume=True, trainer=trainer_cls)
     else:
         yolo.train(data=str(data_yaml), project=str(out), name=ULTRALYTICS_DIR, exist_ok=True,
                    trainer=trainer_cls, **train_args)

@@ -78,8 +78,13 @@ class Modifier(BaseModel):
 
     def describe(self) -> str:
         """One line for ``sparsepipe recipe validate``."""
-        fields = ", ".join(f"{k}={v!r}" for k, v in self.model_dump(exclude_unset=True).items())
-        return f"{self.tag}({fields})"
+        parts = []
+        for key, value in self.model_dump(exclude_unset=True).items():
+            if isinstance(value, (dict, list)) and len(value) > 4:
+                parts.append(f"{key}=<{len(value)} entries>")
+            else:
+                parts.append(f"{key}={value!r}")
+        return f"{self.tag}({', '.join(parts)})"
 
     def sort_key(self) -> tuple[float, float]:
         """Order in which modifiers are applied at a step: by end epoch, then start epoch.

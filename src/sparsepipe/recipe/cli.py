@@ -54,8 +54,10 @@ def _fmt(value: Any) -> str:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Print variables, modifiers, total epochs and (with --model) what each modifier touches."""
-    from sparsepipe.recipe import load_recipe, validate_recipe
-    from sparsepipe.modifiers import GMPruningModifier, ConstantPruningModifier
+    import warnings as _warnings
+
+    from sparsepipe.modifiers import ConstantPruningModifier, GMPruningModifier
+    from sparsepipe.recipe import RecipeWarning, load_recipe, validate_recipe
 
     out = getattr(args, "stdout", None) or sys.stdout
     recipe = load_recipe(args.recipe, args.recipe_args)
@@ -77,7 +79,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     warnings = recipe.warnings()
     if args.model:
         model = _load_model(args.model)
-        report = validate_recipe(recipe, model)
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("ignore", RecipeWarning)  # printed below instead
+            report = validate_recipe(recipe, model)
         warnings = report.warnings
         params = dict(model.named_parameters())
         print(f"model: {args.model}", file=out)
@@ -93,6 +97,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
                           file=out)
             elif isinstance(mod, ConstantPruningModifier):
                 print(f"  #{i} {mod.tag}: keeps zeros of {len(rep.targets)} tensors", file=out)
+            elif getattr(mod, "dialect", "") == "legacy":
+                extra = mod.custom_quantizable_module_types
+                print(f"  #{i} QuantizationModifier (legacy dialect): quantizes "
+                      f"{', '.join(mod.submodules or ['the whole model'])}"
+                      + (f" including {', '.join(extra)} modules" if extra else "")
+                      + (f", excluding {', '.join(mod.exclude_module_types)}"
+                         if mod.exclude_module_types else ""), file=out)
             elif mod.tag == "QuantizationModifier":
                 ignored = sorted(n for n, s in rep.targets.items() if s is None)
                 print(f"  #{i} QuantizationModifier ({mod.dialect} dialect): "
