@@ -142,6 +142,16 @@ def sparsify(
         start_from = None
         args = parse_recipe_args(recipe_args)
         loaded = load_recipe(recipe, recipe_args=args)
+    from sparsepipe.modifiers.quantization import QUANTIZATION_MODIFIERS
+
+    quant = loaded.modifiers_of(*QUANTIZATION_MODIFIERS)
+    if quant:
+        raise SparsepipeError(
+            f"The recipe has a {quant[0].tag}: quantization-aware training is not run by `sparsify` "
+            f"in this release (it belongs to the `quantize` step, not yet available). Remove the "
+            f"quantization modifiers (or their *quantization_modifiers list) to prune now, and "
+            f"quantize the sparse checkpoint later."
+        )
     epochs_needed = max(1, loaded.num_epochs)
     if config.max_epochs is not None and epochs_needed > config.max_epochs:
         raise SparsepipeError(
