@@ -12,9 +12,11 @@ DATA   ?= synthetic:train=128,val=32,size=320,seed=0
 EPOCHS ?= 30
 IMGSZ  ?= 160
 THREADS ?= 2
+RECIPE ?= recipes/yolov8n-pruned50.yaml
+RECIPE_ARGS ?= num_epochs=10,pruning_start_epoch=0,pruning_end_epoch=6
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-slow data baseline export evaluate benchmark report mlflow-ui clean
+.PHONY: help setup demo test test-slow data baseline sparsify export evaluate benchmark report mlflow-ui clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -44,6 +46,10 @@ data: $(STAMP) ## generate/validate the dataset into runs/data (DATA=...)
 baseline: $(STAMP) ## train the baseline on runs/data into runs/baseline (MODEL, EPOCHS, IMGSZ)
 	@test -f $(RUNS)/data/result.json || $(MAKE) data
 	$(BIN)/sparsepipe train --model $(MODEL) --data $(RUNS)/data --epochs $(EPOCHS) --imgsz $(IMGSZ) --out $(RUNS)/baseline
+
+sparsify: $(STAMP) ## prune runs/baseline with RECIPE (+RECIPE_ARGS) into runs/sparsify
+	@test -f $(RUNS)/baseline/result.json || $(MAKE) baseline
+	$(BIN)/sparsepipe sparsify --model $(RUNS)/baseline --data $(RUNS)/data --recipe $(RECIPE) --recipe-args '$(RECIPE_ARGS)' --imgsz $(IMGSZ) --out $(RUNS)/sparsify
 
 export: $(STAMP) ## export runs/baseline to ONNX in runs/export
 	$(BIN)/sparsepipe export --model $(RUNS)/baseline --imgsz $(IMGSZ) --out $(RUNS)/export

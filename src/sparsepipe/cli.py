@@ -158,7 +158,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from sparsepipe.demo import DemoConfig, run_demo
 
     config = DemoConfig(model=args.model, data=args.data, epochs=args.epochs, imgsz=args.imgsz,
-                        iterations=args.iterations, threads=args.threads)
+                        iterations=args.iterations, threads=args.threads, recipe=args.recipe,
+                        recipe_args=args.recipe_args)
     result = run_demo(args.out, config, experiment=args.experiment, track=not args.no_track)
     print(result.extra["table"])
     return 0
@@ -285,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imgsz", type=int, default=defaults.imgsz, help="image size for training, export and benchmark")
     p.add_argument("--iterations", type=int, default=defaults.iterations, help="benchmark iterations")
     p.add_argument("--threads", type=int, default=defaults.threads, help="benchmark threads")
+    p.add_argument("--recipe", default=defaults.recipe, help="pruning recipe of the second variant ('' skips it)")
+    p.add_argument("--recipe-args", default=defaults.recipe_args, help="recipe overrides for the demo")
     _out_arg(p, "runs/demo")
     _tracking_args(p)
 

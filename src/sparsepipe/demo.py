@@ -2,10 +2,11 @@
 
     sparsepipe demo --out runs/demo
 
-generate data -> train a baseline -> export ONNX -> evaluate the ONNX -> benchmark it on
-onnxruntime -> report. MLflow gets one parent run for the demo and one child run per
-variant (today: ``baseline``) holding that variant's params, curves, metrics and ONNX file;
-the parent holds the data YAML and the report.
+generate data -> train a baseline -> prune it with a recipe (``pruned50``) -> export both to
+ONNX -> evaluate each ONNX -> benchmark each on onnxruntime (the pruned model interleaved with
+the baseline in one run) -> report. MLflow gets one parent run for the demo and one child run
+per variant (``baseline``, ``pruned50``) holding that variant's params, curves, metrics and ONNX
+file; the parent holds the data YAML and the report.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class DemoConfig:
     batch: int = 16  # training batch
     iterations: int = 200  # timed benchmark iterations
     threads: int = 2  # benchmark intra-op threads (all cores of a 2-core laptop/CI)
+    recipe: str = "recipes/yolov8n-pruned50.yaml"  # pruning recipe for the second variant ("" = skip)
+    recipe_args: str = "num_epochs=10,pruning_start_epoch=0,pruning_end_epoch=6"  # shortened for the demo
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -44,6 +47,7 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, experiment: str 
     from sparsepipe.evaluate import EvaluateConfig, evaluate
     from sparsepipe.export import ExportConfig, export_onnx
     from sparsepipe.report import ReportConfig, report
+    from sparsepipe.sparsify import SparsifyConfig, sparsify
     from sparsepipe.tracking import resolve_tracker
     from sparsepipe.training import TrainConfig, train
 
@@ -72,6 +76,23 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, experiment: str 
                 BenchmarkConfig(threads=config.threads, iterations=config.iterations), tracker=child,
             )
         steps = [trained, exported, evaluated, timed]
+        if config.recipe:
+            variant = Path(config.recipe).stem.split("-")[-1]  # yolov8n-pruned50.yaml -> pruned50
+            with parent.start_child(variant, tags={"sparsepipe.variant": variant}) as child:
+                pruned = sparsify(
+                    str(out / "train"), str(out / "data"), config.recipe, out / variant,
+                    SparsifyConfig(imgsz=config.imgsz, batch=config.batch, variant=variant),
+                    recipe_args=config.recipe_args, tracker=child,
+                )
+                pruned_onnx = export_onnx(str(out / variant), out / f"{variant}-export", ExportConfig(imgsz=config.imgsz), child)
+                pruned_eval = evaluate(str(out / f"{variant}-export"), str(out / "data"), out / f"{variant}-evaluate",
+                                       EvaluateConfig(), child)
+                pruned_timed = benchmark(
+                    str(out / f"{variant}-export"), out / f"{variant}-benchmark",
+                    BenchmarkConfig(threads=config.threads, iterations=config.iterations),
+                    baseline=str(out / "export"), tracker=child,
+                )
+            steps += [pruned, pruned_onnx, pruned_eval, pruned_timed]
         result = report([s.out_dir for s in steps], out / "report", ReportConfig(baseline="baseline"), parent)
         parent.log_metrics({"demo_seconds": round(time.perf_counter() - started, 1)})
     return result

@@ -32,7 +32,7 @@ class SparsifyConfig:
     device: str = "cpu"  # "cpu", "0", "0,1"
     workers: int = 2  # data-loader processes
     seed: int = 0  # RNG seed (deterministic=True)
-    optimizer: str = "auto"  # ultralytics optimizer; recipes with LR modifiers set the LR themselves
+    optimizer: str = "auto"  # ultralytics optimizer; "auto" becomes SGD when the recipe sets the LR (recipes assume SGD)
     lr0: float | None = None  # initial LR when the recipe has no LR modifier (None: ultralytics' choice)
     max_epochs: int | None = None  # budget: refuse a recipe that needs more epochs than this
     plots: bool = True  # ultralytics' plots
@@ -192,7 +192,10 @@ def sparsify(
         tracker.log_text(loaded.to_yaml(), "recipe/recipe.yaml")
     train_args: dict[str, Any] = {
         "imgsz": config.imgsz, "batch": config.batch, "device": config.device, "workers": config.workers,
-        "seed": config.seed, "deterministic": True, "optimizer": config.optimizer, "plots": config.plots,
+        "seed": config.seed, "deterministic": True, "plots": config.plots,
+        # SparseML recipes give SGD learning rates (0.01...): ultralytics' "auto" would pick AdamW
+        # for short runs, for which those rates are far too high.
+        "optimizer": "SGD" if (config.optimizer == "auto" and session.controls_lr) else config.optimizer,
         **({"lr0": config.lr0} if config.lr0 is not None else {}), **config.extra, **session.ultralytics_overrides(),
     }
     trainer_cls = distill.trainer_class(yolo.task) if distill else trainer_class(yolo.task)
