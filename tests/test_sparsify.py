@@ -180,3 +180,22 @@ def test_resume_from_a_checkpoint_without_state(trained, tmp_path):
     (weights / "last.pt").write_bytes((trained.train_dir / "model.pt").read_bytes())
     with pytest.raises(SparsepipeError, match="no sparsepipe recipe state"):
         sparsify(str(trained.train_dir), str(trained.data_dir), None, tmp_path / "r", SparsifyConfig(**CONFIG), resume=True)
+
+
+@pytest.mark.parametrize(
+    ("model", "data"),
+    [
+        ("yolo11n.yaml", "synthetic:train=8,val=4,size=96,seed=2"),
+        ("yolov5nu.yaml", "synthetic:train=8,val=4,size=96,seed=2"),
+        ("yolov8n-seg.yaml", "synthetic:train=8,val=4,size=96,seed=2,task=segment"),
+    ],
+)
+def test_other_families_and_segmentation(model, data, tmp_path):
+    result = sparsify(model, data, str(HERE / "prune-any-family.yaml"), tmp_path / "s",
+                      SparsifyConfig(imgsz=64, batch=4, workers=0, plots=False))
+    weights = weights_of(result.path("weights"))
+    assert result.extra["targets"]
+    for name in result.extra["targets"]:
+        assert abs(zeros(weights[name]) - round(0.3 * weights[name].numel())) <= 1, name
+    if "seg" in model:
+        assert "mask_map50_95" in result.metrics
