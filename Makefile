@@ -16,7 +16,7 @@ RECIPE ?= recipes/yolov8n-pruned50.yaml
 RECIPE_ARGS ?= num_epochs=10,pruning_start_epoch=0,pruning_end_epoch=6
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-slow data baseline sparsify export evaluate benchmark report mlflow-ui clean
+.PHONY: help setup demo test test-slow data baseline sparsify export evaluate benchmark report bench-sparsify mlflow-ui clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -62,6 +62,9 @@ benchmark: $(STAMP) ## onnxruntime CPU latency of runs/export into runs/benchmar
 
 report: $(STAMP) ## comparison table + plot of the steps above into runs/report
 	$(BIN)/sparsepipe report --results $(RUNS)/baseline $(RUNS)/export $(RUNS)/evaluate $(RUNS)/benchmark --out $(RUNS)/report
+
+bench-sparsify: $(STAMP) ## pruning benchmark (about 40 min on 2 cores): mAP and time/epoch of pruned50/75 vs plain
+	$(BIN)/python benchmarks/sparsify_bench.py --out $(RUNS)/bench-sparsify --epochs 60 --prune-epochs 30
 
 mlflow-ui: $(STAMP) ## open the local MLflow store (./mlruns) at http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
