@@ -6,14 +6,12 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 import torch

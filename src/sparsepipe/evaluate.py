@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsepipe.errors import ConfigError
-from sparsepipe.results import StepResult, atomic_write_text
+from sparsepipe.results import StepResult, atomic_write_text, begin_step, inherited_variant
 
 
 @dataclasses.dataclass
@@ -62,18 +62,13 @@ def evaluate(model: str, data: str, out: str | Path, config: EvaluateConfig | No
     """Validate ``model`` on ``data`` and write metrics + per-class table to ``--out``."""
     from sparsepipe.data import resolve_data
     from sparsepipe.models import load_yolo, resolve_model_path
-    from sparsepipe.results import read_result
     from sparsepipe.tracking import Tracker
 
     config = config or EvaluateConfig()
     tracker = tracker or Tracker()
-    out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "result.json").unlink(missing_ok=True)
+    out = begin_step(out)
 
-    variant = config.variant
-    if not variant and Path(model).is_dir():
-        variant = read_result(model).variant
+    variant = inherited_variant(model, config.variant)
     path = Path(resolve_model_path(model))
     data_yaml = resolve_data(data)
     imgsz = config.imgsz

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsepipe.errors import ConfigError, ModelError
-from sparsepipe.results import StepResult
+from sparsepipe.results import StepResult, begin_step, inherited_variant
 from sparsepipe.sizes import file_sizes
 
 
@@ -62,18 +62,13 @@ def onnx_param_count(path: str | Path) -> int:
 def export_onnx(model: str, out: str | Path, config: ExportConfig | None = None, tracker: Any = None) -> StepResult:
     """Export ``model`` (checkpoint path or a train/sparsify out folder) to ``<out>/model.onnx``."""
     from sparsepipe.models import load_yolo, resolve_model_path
-    from sparsepipe.results import read_result
     from sparsepipe.tracking import Tracker
 
     config = config or ExportConfig()
     tracker = tracker or Tracker()
-    out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "result.json").unlink(missing_ok=True)
+    out = begin_step(out)
 
-    variant = config.variant
-    if not variant and Path(model).is_dir():
-        variant = read_result(model).variant
+    variant = inherited_variant(model, config.variant)
     source = Path(resolve_model_path(model))
     if source.suffix != ".pt":
         raise ModelError(

@@ -19,8 +19,6 @@ those epochs ultralytics' scheduler applies unchanged.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -43,17 +41,11 @@ def write_checkpoint_state(path: str | Path, state: dict[str, Any]) -> None:
     """Add ``state`` to a checkpoint file, atomically (temporary file + rename)."""
     import torch
 
-    path = Path(path)
+    from sparsepipe.results import atomic_write_with
+
     ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
     ckpt[STATE_KEY] = state
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(ckpt, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_with(path, lambda tmp: torch.save(ckpt, tmp))
 
 
 class RecipeSession:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsepipe.errors import ConfigError, SparsepipeError
-from sparsepipe.results import StepResult, atomic_write_bytes, atomic_write_text, read_result
+from sparsepipe.results import StepResult, atomic_write_bytes, atomic_write_text, begin_step, read_result
 
 # (metric key, column title, format) in display order; names shared with MLflow and KFP.
 COLUMNS = (
@@ -169,9 +169,7 @@ def report(results: list[str], out: str | Path, config: ReportConfig | None = No
     tracker = tracker or Tracker()
     if not results:
         raise SparsepipeError("report needs --results: the out folders of evaluate/benchmark steps to compare.")
-    out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "result.json").unlink(missing_ok=True)
+    out = begin_step(out)
 
     variants = collect_variants([read_result(r) for r in results])
     add_relative_metrics(variants, config.baseline)

@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sparsepipe.errors import SparsepipeError
 
@@ -44,6 +44,45 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Text flavour of :func:`atomic_write_bytes` (UTF-8)."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_with(path: str | os.PathLike, write: "Callable[[str], None]") -> Path:
+    """Call ``write(temporary_path)`` in ``path``'s folder, then rename the result onto ``path``.
+
+    For writers that want a file name rather than bytes (``torch.save``, ``onnx.save``...).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def begin_step(out: str | os.PathLike) -> Path:
+    """Create a step's out folder and remove any previous ``result.json`` (its commit marker).
+
+    A step writes ``result.json`` last, so a folder without one never holds a result that a
+    later step would trust.
+    """
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RESULT_FILE).unlink(missing_ok=True)
+    return out
+
+
+def inherited_variant(model: str | os.PathLike, explicit: str = "") -> str:
+    """``explicit`` if set, else the variant of the step whose out folder ``model`` is (or "")."""
+    if explicit:
+        return explicit
+    if Path(model).is_dir() and (Path(model) / RESULT_FILE).is_file():
+        return read_result(model).variant
+    return ""
 
 
 def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sparsepipe.errors import ConfigError, SparsepipeError
-from sparsepipe.results import StepResult, atomic_copy, atomic_write_bytes, atomic_write_text
+from sparsepipe.results import StepResult, atomic_copy, atomic_write_bytes, atomic_write_text, begin_step
 from sparsepipe.training import ULTRALYTICS_DIR
 
 
@@ -121,9 +121,7 @@ def sparsify(
 
     config = config or SparsifyConfig()
     tracker = tracker or Tracker()
-    out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "result.json").unlink(missing_ok=True)
+    out = begin_step(out)
 
     # 1. Everything that can be wrong is checked before training starts.
     resume_state = None

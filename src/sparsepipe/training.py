@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sparsepipe.errors import ConfigError, SparsepipeError
-from sparsepipe.results import StepResult, atomic_copy
+from sparsepipe.results import StepResult, atomic_copy, begin_step
 
 ULTRALYTICS_DIR = "ultralytics"  # ultralytics' own run folder inside --out (plots, results.csv, weights/)
 
@@ -117,9 +117,7 @@ def train(
 
     config = config or TrainConfig()
     tracker = tracker or Tracker()
-    out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "result.json").unlink(missing_ok=True)  # the result is the commit marker of a finished step
+    out = begin_step(out)
 
     data_yaml = resolve_data(data)
     yolo = load_yolo(model)
