@@ -19,7 +19,7 @@ from sparsepipe.tracking import Tracker
 HERE = Path(__file__).parent / "sparsify"
 LAYERS = HERE / "distill-layers.yaml"  # per-layer, 3 epochs, neck outputs model.15/18/21
 OUTPUT = HERE / "distill-output.yaml"  # output distillation, 2 epochs
-CONFIG = dict(imgsz=64, batch=8, workers=0, plots=False)
+CONFIG = dict(imgsz=64, batch=8, workers=0, plots=False, extra={"nbs": 8})  # nbs=batch: a step per batch
 
 
 class RecordingTracker(Tracker):
@@ -60,6 +60,7 @@ def test_per_layer_loss_is_nonzero_decreasing_and_logged(layers_self):
     _, session, tracker, _ = layers_self
     assert len(session.history) == 3
     assert all(math.isfinite(v) and v > 0 for v in session.history), session.history
+    print("per-layer distill_loss by epoch:", session.history)
     assert session.history[-1] < session.history[0], session.history
     assert tracker.series("train/distill_loss") == list(zip([1, 2, 3], session.history))
 
@@ -130,7 +131,7 @@ def test_channel_mismatch_needs_project_features(trained, p2_teacher):
 
     recipe = load_recipe_string(
         "version: 1.1.0\nmodifiers:\n  - !PerLayerDistillationModifier\n    start_epoch: 0\n    end_epoch: 1\n"
-        "    student_layer_names: [model.2]\n    teacher_layer_names: [model.4]\n    project_features: false\n")
+        "    student_layer_names: [model.4]\n    teacher_layer_names: [model.14]\n    project_features: false\n")
     with pytest.raises(SparsepipeError, match="project_features"):
         DistillationSession.create(recipe, load_yolo(str(trained.train_dir)), "self", None)
 

@@ -50,6 +50,7 @@ TEACHER_SELF = "self"  # --teacher self: a frozen copy of the starting model
 REGISTRY_PREFIX = "models:/"  # --teacher models:/name/version or models:/name@alias
 DRY_RUN_IMGSZ = 64  # px of the dry forward pass that sizes projections and checks layer shapes
 SESSION_ATTR = "_sparsepipe_distill"  # where the student model keeps its (never copied) session link
+PROJECTION_CLIP = 10.0  # max grad norm of the projections, as ultralytics clips the model's
 PROJECTION_SEED = 0  # projections are initialised from their own generator: reproducible runs
 
 
@@ -392,6 +393,12 @@ class DistillationSession:
                 groups = optimizer.param_groups
                 ref = next((g for g in groups if g.get("param_group") in ("weight", "muon")), groups[0])
                 optimizer.add_param_group({**{k: v for k, v in ref.items() if k != "params"}, "params": params})
+                # ultralytics clips the model's gradients (norm PROJECTION_CLIP) before each step; the
+                # projections are not in the model, so they get the same clip here (grads unscaled by then)
+                def clip(opt: Any, args: Any, kwargs: Any) -> None:
+                    torch.nn.utils.clip_grad_norm_(params, max_norm=PROJECTION_CLIP)
+
+                optimizer.register_step_pre_hook(clip)
             return optimizer
 
         return type(f"Distillation{base.__name__}", (base,), {
