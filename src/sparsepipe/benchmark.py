@@ -1,12 +1,17 @@
-"""Measure CPU latency and throughput of ONNX models with onnxruntime.
+"""Measure CPU latency and throughput of ONNX models with onnxruntime or OpenVINO.
 
     sparsepipe benchmark --model runs/export --batch 1 --threads 2 --iterations 200 --out runs/bench
+    sparsepipe benchmark --engine openvino --model runs/ptq --baseline runs/export --out runs/bench-ov
 
 One session per model, fixed threads, warm-up first, then either a fixed number of
 iterations or a duration. With ``--baseline``, the baseline model is timed in the same run,
 interleaved in rounds with the candidate so machine drift hits both equally, and
 ``speedup_vs_baseline`` is the ratio of their medians. Performance claims come from these
 printed ratios, never from timed assertions in tests.
+
+Engines: ``onnxruntime`` (CPU execution provider, all graph optimizations) and, when the
+``openvino`` package imports, ``openvino`` (reads the same ONNX file, QDQ INT8 included, and
+compiles it for the CPU with a latency hint; nothing is re-quantized).
 """
 
 from __future__ import annotations
@@ -21,14 +26,25 @@ import numpy as np
 from sparsepipe.errors import ConfigError, ModelError
 from sparsepipe.results import StepResult
 
-ENGINES = ("onnxruntime",)
+def _available_engines() -> tuple[str, ...]:
+    engines = ["onnxruntime"]
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        engines.append("openvino")
+    return tuple(engines)
+
+
+ENGINES = _available_engines()
 
 
 @dataclasses.dataclass
 class BenchmarkConfig:
     """Settings of the benchmark step."""
 
-    engine: str = "onnxruntime"  # inference engine; onnxruntime (OpenVINO/DeepSparse come later)
+    engine: str = "onnxruntime"  # inference engine: onnxruntime, or openvino when installed
     batch: int = 1  # images per inference; must match a static ONNX batch
     imgsz: int | None = None  # pixels, only used for dynamic ONNX axes; None = 640
     threads: int = 1  # intra-op threads; pin to the CPUs you deploy on
@@ -41,7 +57,8 @@ class BenchmarkConfig:
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
-            raise ConfigError(f"engine={self.engine!r} is not available; choose one of {', '.join(ENGINES)}.")
+            hint = " (install the openvino package for --engine openvino)" if self.engine == "openvino" else ""
+            raise ConfigError(f"engine={self.engine!r} is not available; choose one of {', '.join(ENGINES)}{hint}.")
         for name in ("batch", "threads", "rounds"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -114,7 +131,59 @@ class OrtRunner:
         return (time.perf_counter_ns() - started) / 1e6
 
 
-def _measure(runners: list[OrtRunner], config: BenchmarkConfig) -> list[list[float]]:
+class OpenVinoRunner:
+    """An OpenVINO CPU compiled model of the same ONNX file, fed with a fixed random input."""
+
+    def __init__(self, path: Path, config: BenchmarkConfig) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        try:
+            model = core.read_model(str(path))
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses
+            raise ModelError(
+                f"OpenVINO cannot read '{path}': {exc}. Check it is a complete ONNX file written by "
+                f"`sparsepipe export` or `sparsepipe quantize`."
+            ) from None
+        port = model.inputs[0]
+        pshape = port.get_partial_shape()
+        shape = []
+        for i, dim in enumerate(pshape):
+            if dim.is_static:
+                shape.append(dim.get_length())
+            elif i == 0:
+                shape.append(config.batch)
+            elif i == 1:
+                shape.append(3)
+            else:
+                shape.append(config.imgsz or 640)
+        if shape[0] != config.batch:
+            raise ConfigError(
+                f"'{path.name}' has a static batch of {shape[0]} but batch={config.batch} was asked; "
+                f"re-export with --batch {config.batch} or --dynamic, or benchmark with --batch {shape[0]}."
+            )
+        if pshape.is_dynamic:
+            model.reshape({port.get_any_name(): ov.PartialShape(shape)})
+        self.compiled = core.compile_model(
+            model,
+            "CPU",
+            {"INFERENCE_NUM_THREADS": config.threads, "PERFORMANCE_HINT": "LATENCY"},
+        )
+        self.request = self.compiled.create_infer_request()
+        rng = np.random.default_rng(config.seed)
+        self.feed = {0: rng.random(shape, dtype=np.float32)}
+        self.input_shape = shape
+
+    def __call__(self) -> float:
+        started = time.perf_counter_ns()
+        self.request.infer(self.feed)
+        return (time.perf_counter_ns() - started) / 1e6
+
+
+RUNNERS = {"onnxruntime": OrtRunner, "openvino": OpenVinoRunner}
+
+
+def _measure(runners: list[Any], config: BenchmarkConfig) -> list[list[float]]:
     """Warm up every runner, then time them round-robin in ``rounds`` chunks."""
     from tqdm import tqdm
 
@@ -177,11 +246,12 @@ def benchmark(
     (out / "result.json").unlink(missing_ok=True)
 
     path, variant = _onnx_path(model)
-    runners = [OrtRunner(path, config)]
+    runner_cls = RUNNERS[config.engine]
+    runners = [runner_cls(path, config)]
     base_path = None
     if baseline:
         base_path, _ = _onnx_path(baseline)
-        runners.append(OrtRunner(base_path, config))
+        runners.append(runner_cls(base_path, config))
     latencies = _measure(runners, config)
 
     metrics = latency_stats(latencies[0], config.batch)
