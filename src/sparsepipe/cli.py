@@ -123,6 +123,25 @@ def cmd_export(args: argparse.Namespace) -> int:
         return _finish(export_onnx(args.model, args.out, config, tracker))
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from sparsepipe.quantize import QuantizeConfig, quantize
+
+    if args.recipe and args.method == "ptq":
+        raise SparsepipeError(
+            f"--recipe {args.recipe} is for --method qat (a recipe's QuantizationModifier); PTQ takes no recipe. "
+            f"Drop --recipe, or use --method qat."
+        )
+    config = QuantizeConfig(
+        method=args.method, calibration_images=args.calibration_images, calibration_method=args.calibration_method,
+        percentile=args.percentile, per_channel=not args.per_tensor, op_types=args.op_types,
+        exclude_head=not args.quantize_head, exclude_nodes=args.exclude_nodes or (),
+        activation_type=args.activation_type, weight_type=args.weight_type, imgsz=args.imgsz, opset=args.opset,
+        seed=args.seed, evaluate=not args.no_evaluate, variant=args.variant,
+    )
+    with _tracker(args, "quantize") as tracker:
+        return _finish(quantize(args.model, args.data, args.out, config, tracker))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from sparsepipe.evaluate import EvaluateConfig, evaluate
 
@@ -242,6 +261,34 @@ def build_parser() -> argparse.ArgumentParser:
     _out_arg(p, "runs/export")
     _tracking_args(p)
 
+    p = _add(sub, "quantize", cmd_quantize, "INT8 ONNX by PTQ (QAT later)",
+             "Quantize a checkpoint or FP32 ONNX to a QDQ INT8 ONNX that onnxruntime runs with integer kernels "
+             "(PTQ: calibrated on a sample of the train split); writes model_int8.onnx and its mAP. See docs/quantize.md.")
+    from sparsepipe.quantize import QuantizeConfig
+
+    qdefaults = QuantizeConfig()
+    p.add_argument("--method", default="ptq", choices=["ptq", "qat"], help="ptq (calibrated static INT8); qat is not available yet")
+    p.add_argument("--model", required=True, help=".pt / FP32 .onnx, or the --out folder of train, sparsify or export")
+    p.add_argument("--data", default="synthetic", help=DATA_HELP + " (its train split calibrates)")
+    p.add_argument("--recipe", default=None, help="QAT recipe with a QuantizationModifier (for --method qat; not available yet)")
+    p.add_argument("--imgsz", type=int, default=None, help="input size (default: the ONNX's static size; 320 when exporting a .pt)")
+    p.add_argument("--calibration-images", type=int, default=qdefaults.calibration_images, help="train images sampled for calibration")
+    p.add_argument("--calibration-method", default=qdefaults.calibration_method, choices=["minmax", "entropy", "percentile"],
+                   help="how activation ranges are chosen")
+    p.add_argument("--percentile", type=float, default=qdefaults.percentile, help="kept percentile for --calibration-method percentile")
+    p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor instead of per output channel")
+    p.add_argument("--op-types", default=",".join(qdefaults.op_types), help="comma-separated op types to quantize where present")
+    p.add_argument("--quantize-head", action="store_true", help="also quantize the Detect head's output convs and the DFL conv")
+    p.add_argument("--exclude-nodes", default=None, help="comma-separated ONNX node names to keep in float")
+    p.add_argument("--activation-type", default=qdefaults.activation_type, choices=["uint8", "int8"], help="activation type")
+    p.add_argument("--weight-type", default=qdefaults.weight_type, choices=["int8"], help="weight type (symmetric)")
+    p.add_argument("--opset", type=int, default=qdefaults.opset, help="opset of the FP32 export of a .pt")
+    p.add_argument("--seed", type=int, default=qdefaults.seed, help="seed of the calibration sample")
+    p.add_argument("--no-evaluate", action="store_true", help="skip the mAP of the INT8 file on val")
+    _variant_arg(p)
+    _out_arg(p, "runs/quantize")
+    _tracking_args(p)
+
     p = _add(sub, "evaluate", cmd_evaluate, "mAP of a .pt or .onnx on val", "Measure mAP50 / mAP50-95 (overall and per class).")
     p.add_argument("--model", required=True, help=".pt, .onnx, or the --out folder of a step that made one")
     p.add_argument("--data", default="synthetic", help=DATA_HELP)
@@ -257,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "benchmark", cmd_benchmark, "CPU latency/throughput of an ONNX", "Time an ONNX model on CPU (optionally against a baseline, interleaved).")
     p.add_argument("--model", required=True, help=".onnx or the --out folder of export/quantize")
     p.add_argument("--baseline", default=None, help="another .onnx timed in the same run for speedup_vs_baseline")
-    p.add_argument("--engine", default="onnxruntime", help="inference engine")
+    p.add_argument("--engine", default="onnxruntime", help="inference engine: onnxruntime, or openvino (reads the same ONNX, INT8 QDQ included)")
     p.add_argument("--batch", type=int, default=1, help="batch size")
     p.add_argument("--imgsz", type=int, default=None, help="image size for dynamic ONNX axes")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads")
