@@ -19,7 +19,7 @@ from sparsepipe.tracking import Tracker
 HERE = Path(__file__).parent / "sparsify"
 LAYERS = HERE / "distill-layers.yaml"  # per-layer, 3 epochs, neck outputs model.15/18/21
 OUTPUT = HERE / "distill-output.yaml"  # output distillation, 2 epochs
-CONFIG = dict(imgsz=64, batch=8, workers=0, plots=False, extra={"nbs": 8})  # nbs=batch: a step per batch
+CONFIG = {"imgsz": 64, "batch": 8, "workers": 0, "plots": False, "extra": {"nbs": 8}}  # nbs=batch: a step per batch
 
 
 class RecordingTracker(Tracker):
@@ -29,7 +29,7 @@ class RecordingTracker(Tracker):
         super().__init__()
         self.metrics: list[tuple[dict, int | None]] = []
 
-    def log_metrics(self, metrics, step=None) -> None:  # noqa: ANN001 - Tracker's signature
+    def log_metrics(self, metrics, step=None) -> None:
         self.metrics.append((dict(metrics), step))
 
     def series(self, name: str) -> list[tuple[int | None, float]]:

@@ -32,8 +32,9 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -231,7 +232,7 @@ class _DistillingModel:
 
     _plain_class: type
 
-    def loss(self, batch: dict, preds: Any = None):  # noqa: D102 - same contract as ultralytics
+    def loss(self, batch: dict, preds: Any = None):
         session = self.__dict__.get(SESSION_ATTR)
         if session is None or not self.training or not torch.is_grad_enabled() or not session.active:
             return super().loss(batch, preds)
@@ -275,7 +276,7 @@ class DistillationSession:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def create(cls, recipe: Any, yolo: Any, teacher: str | None, tracker: Any = None) -> "DistillationSession":
+    def create(cls, recipe: Any, yolo: Any, teacher: str | None, tracker: Any = None) -> DistillationSession:
         """Resolve the teacher, check every layer pair, size the projections; all before training."""
         modifiers = recipe.modifiers_of(*DISTILLATION_MODIFIERS)
         if not modifiers:
@@ -343,7 +344,7 @@ class DistillationSession:
         return projections
 
     # ------------------------------------------------------------------ ultralytics wiring
-    def to(self, device: Any) -> "DistillationSession":
+    def to(self, device: Any) -> DistillationSession:
         self.teacher.to(device)
         self.projections.to(device)
         return self
