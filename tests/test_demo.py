@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from sparsepipe.demo import DemoConfig, run_demo
@@ -18,13 +19,15 @@ STANDARD_METRICS = {
 def test_demo_runs_every_step_and_tracks_parent_and_variant(tmp_path, monkeypatch, mlflow_server, s3_env):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.tracking_uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    config = DemoConfig(data="synthetic:train=16,val=8,size=128,seed=5", epochs=1, imgsz=64, batch=8, iterations=10)
+    config = DemoConfig(data="synthetic:train=16,val=8,size=128,seed=5", epochs=1, imgsz=64, batch=8, iterations=10,
+                        recipe_args="num_epochs=2,pruning_start_epoch=0,pruning_end_epoch=1,pruning_update_frequency=0.5")
     result = run_demo(tmp_path / "demo", config, experiment="demo-test")
 
     # Every step left its result; the report compares the baseline variant.
-    for step in ("data", "train", "export", "evaluate", "benchmark", "report"):
+    for step in ("data", "train", "export", "evaluate", "benchmark", "report", "pruned50", "pruned50-benchmark"):
         assert (tmp_path / "demo" / step / "result.json").is_file(), step
-    assert "baseline" in result.extra["table"]
+    assert "baseline" in result.extra["table"] and "pruned50" in result.extra["table"]
+    assert result.extra["variants"]["pruned50"]["metrics"]["sparsity"] == pytest.approx(0.5, abs=1e-4)
     assert result.path("plot").is_file()
 
     client = MlflowClient(mlflow_server.tracking_uri)
@@ -32,15 +35,27 @@ def test_demo_runs_every_step_and_tracks_parent_and_variant(tmp_path, monkeypatc
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 1
-    parent, child = parents[0], children[0]
-    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
-    assert child.info.run_name == "baseline"
+    assert len(parents) == 1 and sorted(r.info.run_name for r in children) == ["baseline", "pruned50"]
+    parent = parents[0]
+    child = next(r for r in children if r.info.run_name == "baseline")
+    pruned = next(r for r in children if r.info.run_name == "pruned50")
+    assert child.data.tags["mlflow.parentRunId"] == pruned.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert parent.info.status == child.info.status == "FINISHED"
     assert STANDARD_METRICS <= set(child.data.metrics), STANDARD_METRICS - set(child.data.metrics)
     # Per-epoch curves are logged by sparsepipe itself (ultralytics' MLflow callback is off).
     history = client.get_metric_history(child.info.run_id, "val/map50_95")
     assert [m.step for m in history] == [1]
+
+    # Same metric names for every variant, so the MLflow compare view lines up.
+    assert STANDARD_METRICS | {"speedup_vs_baseline"} <= set(pruned.data.metrics)
+    # The pruned variant logs overall and per-layer sparsity and the LR every epoch.
+    assert [m.step for m in client.get_metric_history(pruned.info.run_id, "sparsity")] == [1, 2]
+    assert client.get_metric_history(pruned.info.run_id, "sparsity")[-1].value == pytest.approx(0.5, abs=1e-4)
+    assert "sparsity/model.2.cv1.conv.weight" in pruned.data.metrics
+    assert len(client.get_metric_history(pruned.info.run_id, "lr/pg0")) == 2
+    assert {"sparsify/sparsity.png", "sparsify/sparsity.json", "sparsify/model.pt"} <= {
+        a.path for a in client.list_artifacts(pruned.info.run_id, "sparsify")}
+    assert [a.path for a in client.list_artifacts(pruned.info.run_id, "recipe")] == ["recipe/recipe.yaml"]
 
     child_artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
     assert {"onnx", "weights", "evaluate"} <= child_artifacts

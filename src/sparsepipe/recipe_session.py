@@ -162,7 +162,8 @@ class RecipeSession:
             return  # ultralytics' extra call for the final validation of best.pt
         self._epoch_ended = False
         epoch = int(round(self.epoch))
-        metrics: dict[str, float] = {f"lr/pg{i}": lr for i, lr in enumerate(self.last_lrs)}
+        # The LR of each param group is logged with the other per-epoch values (epoch_logger).
+        metrics: dict[str, float] = {}
         if self.masks is not None and self.masks.targets:
             table = sparsity_table(trainer.ema.ema if trainer.ema else trainer.model, list(self.masks.targets))
             metrics["sparsity"] = overall_sparsity(table)

@@ -242,7 +242,8 @@ def sparsify(
                 "resume": resume, **dataclasses.asdict(config)},
         extra={"targets": targets},
     )
-    tracker.log_metrics({k: v for k, v in metrics.items() if k != "epochs"})
+    # "sparsity" is already a per-epoch curve (RecipeSession); its last point is the final value.
+    tracker.log_metrics({k: v for k, v in metrics.items() if k not in ("epochs", "sparsity")})
     for path in (weights, table_path, chart):
         tracker.log_artifact(str(path), "sparsify")
     result.write()
