@@ -1,0 +1,344 @@
+"""What the Kubeflow components call: one function per step, plus opening/closing the MLflow run.
+
+    python -c "from sparsepipe.kfp_support import RunContext; print(RunContext().to_json())"
+
+The components in ``components/`` hold only a typed signature and one call into this module;
+everything that can be tested without kfp lives here (this module never imports kfp).
+
+Across pods, state travels as one JSON string, the *run context* (:class:`RunContext`), which
+the first task (:func:`open_run`) returns and every later task receives as its ``context``
+parameter: the MLflow tracking URI, experiment and parent run id, the ``s3://`` prefix step
+outputs are published under, and the S3 endpoint. Credentials are never part of it: they come
+from the environment (on Kubeflow, the secret ``mlpipeline-minio-artifact``).
+
+MLflow, in order of precedence:
+  * ``MLFLOW_RUN_ID`` injected into the task (KFP 2.17 backend: a nested run per task): the
+    step logs into that run and never ends it; KFP closes it.
+  * a parent run id in the context: the step logs into a new child run ``<variant>.<step>``
+    under it (ended FINISHED or FAILED with the step); :func:`close_run` ends the parent.
+  * neither (no tracking URI given): tracking is off for the pipeline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from sparsepipe.errors import ConfigError
+from sparsepipe.results import StepResult, atomic_copy
+
+__all__ = [
+    "KFP_RUN_TAG",
+    "RunContext",
+    "close_run",
+    "kfp_status_to_mlflow",
+    "open_run",
+    "run_benchmark",
+    "run_data",
+    "run_evaluate",
+    "run_export",
+    "run_report",
+    "run_train",
+    "step_tracker",
+]
+
+KFP_RUN_TAG = "sparsepipe.kfp_run_id"  # tag on the parent run: the KFP run it belongs to
+STEP_TAG = "sparsepipe.step"
+VARIANT_TAG = "sparsepipe.variant"
+PIPELINE_TAG = "sparsepipe.pipeline"
+#: KFP final task states (``PipelineTaskFinalStatus.state``) -> MLflow run statuses.
+_STATUS = {"SUCCEEDED": "FINISHED", "FAILED": "FAILED", "CANCELED": "KILLED", "CANCELLED": "KILLED"}
+
+
+@dataclasses.dataclass
+class RunContext:
+    """What every task of one pipeline run shares; serialised as the ``context`` parameter."""
+
+    tracking_uri: str = ""  # MLflow server; "" = tracking off (unless a run is injected)
+    experiment: str = "sparsepipe"  # MLflow experiment (MLFLOW_EXPERIMENT_NAME/_ID win)
+    parent_run_id: str = ""  # run opened by open_run; "" with injected runs or tracking off
+    publish_root: str = ""  # s3:// (or local) prefix of this run's step outputs; "" = no copy
+    s3_endpoint_url: str = ""  # non-AWS S3 endpoint (SeaweedFS/MinIO); "" = environment
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            if not isinstance(getattr(self, field.name), str):
+                raise ConfigError(f"RunContext.{field.name} must be a string, got {getattr(self, field.name)!r}.")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunContext:
+        """Parse a context; an empty string is the default context (tracking off)."""
+        if not text or not text.strip():
+            return cls()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"The run context {text[:80]!r} is not JSON ({exc.msg}). Pass the output of the "
+                "open-run task (or an empty string) as the context parameter."
+            ) from None
+        if not isinstance(data, dict):
+            raise ConfigError("The run context must be a JSON object (the output of open_run).")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"Unknown run context keys {unknown}; known: {sorted(known)}.")
+        return cls(**data)
+
+    def apply_env(self) -> None:
+        """Point this process's S3 client at the context's endpoint (when one is set)."""
+        if self.s3_endpoint_url:
+            os.environ["AWS_ENDPOINT_URL"] = self.s3_endpoint_url
+
+    def publish_uri(self, variant: str, step: str) -> str:
+        """Where a step's out folder is published: ``<publish_root>/<variant>/<step>``."""
+        if not self.publish_root:
+            return ""
+        parts = [self.publish_root.rstrip("/")] + [p for p in (variant, step) if p]
+        return "/".join(parts)
+
+
+def kfp_status_to_mlflow(state: str) -> str:
+    """``SUCCEEDED`` -> ``FINISHED``, ``FAILED`` -> ``FAILED``, ``CANCELED`` -> ``KILLED``."""
+    return _STATUS.get(str(state).upper(), "FAILED")
+
+
+@contextlib.contextmanager
+def _env(**values: str) -> Iterator[None]:
+    """Set environment variables for the block and restore the previous values after it."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _tracking_uri(explicit: str) -> str:
+    return explicit.strip() or os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+
+
+def open_run(
+    *,
+    experiment: str = "sparsepipe",
+    run_name: str = "",
+    tracking_uri: str = "",
+    publish_root: str = "",
+    s3_endpoint_url: str = "",
+    kfp_run_id: str = "",
+    pipeline: str = "",
+    params: Mapping[str, Any] | None = None,
+) -> str:
+    """The first task: open the parent MLflow run and return the run context as JSON.
+
+    ``tracking_uri`` empty: ``MLFLOW_TRACKING_URI`` from the environment; both empty: tracking
+    off. An injected ``MLFLOW_RUN_ID`` (KFP backend) is logged into, not replaced: then the
+    context carries no parent id and each task logs into its own injected run.
+    ``publish_root`` (e.g. ``s3://bucket/sparsepipe``) becomes ``<publish_root>/<kfp_run_id>``.
+    """
+    from sparsepipe.tracking import resolve_tracker
+
+    uri = _tracking_uri(tracking_uri)
+    root = publish_root.strip().rstrip("/")
+    if root and kfp_run_id:
+        root = f"{root}/{kfp_run_id}"
+    context = RunContext(tracking_uri=uri, experiment=experiment or "sparsepipe",
+                         publish_root=root, s3_endpoint_url=s3_endpoint_url.strip())
+    context.apply_env()
+    tags = {PIPELINE_TAG: pipeline or "sparsepipe", KFP_RUN_TAG: kfp_run_id}
+    if os.environ.get("MLFLOW_RUN_ID", "").strip():
+        injected = resolve_tracker(tags=tags)  # attached: KFP owns and ends it
+        injected.log_params(dict(params or {}))
+        context.tracking_uri = injected.tracking_uri or uri
+        return context.to_json()
+    if not uri:
+        return context.to_json()
+    parent = resolve_tracker(context.experiment, run_name or None, tracking_uri=uri, tags=tags)
+    parent.log_params(dict(params or {}))
+    context.parent_run_id = str(parent.run_id)  # left RUNNING: close_run ends it
+    return context.to_json()
+
+
+def close_run(*, kfp_run_id: str, status: str, experiment: str = "sparsepipe", tracking_uri: str = "") -> str:
+    """The exit handler: end the parent run of ``kfp_run_id`` (and any child left running).
+
+    ``status`` is KFP's final state (``SUCCEEDED``/``FAILED``/``CANCELED``). Returns the MLflow
+    status set, or ``""`` when there was nothing to close (tracking off, injected runs, which
+    the KFP backend closes itself).
+    """
+    from mlflow.tracking import MlflowClient
+
+    uri = _tracking_uri(tracking_uri)
+    if not uri or not kfp_run_id or os.environ.get("MLFLOW_RUN_ID", "").strip():
+        return ""
+    from sparsepipe.tracking import TrackingError
+
+    final = kfp_status_to_mlflow(status)
+    client = MlflowClient(tracking_uri=uri)
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "").strip() or experiment
+    exp_id = os.environ.get("MLFLOW_EXPERIMENT_ID", "").strip()
+    if not exp_id:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            return ""
+        exp_id = found.experiment_id
+    parents = client.search_runs([exp_id], filter_string=f"tags.`{KFP_RUN_TAG}` = '{kfp_run_id}'")
+    if not parents:
+        raise TrackingError(
+            f"No MLflow run tagged {KFP_RUN_TAG}={kfp_run_id} in experiment {name!r} at {uri}: the "
+            "open-run task did not create one. Check its log and the tracking_uri parameter."
+        )
+    for parent in parents:
+        children = client.search_runs(
+            [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+        )
+        for child in children:
+            if child.info.status == "RUNNING":
+                client.set_terminated(child.info.run_id, status="KILLED" if final == "FINISHED" else final)
+        client.set_tag(parent.info.run_id, "sparsepipe.kfp_final_status", str(status))
+        client.set_terminated(parent.info.run_id, status=final)
+    return final
+
+
+@contextlib.contextmanager
+def step_tracker(context: RunContext, step: str, variant: str = "") -> Iterator[Any]:
+    """The tracker a component's step logs into (see the module docstring for the order)."""
+    from sparsepipe.tracking import Tracker, resolve_tracker
+
+    tags = {STEP_TAG: step, VARIANT_TAG: variant}
+    if os.environ.get("MLFLOW_RUN_ID", "").strip():
+        yield resolve_tracker(context.experiment, tags=tags)  # injected: KFP ends it
+        return
+    if not context.parent_run_id:
+        yield Tracker()
+        return
+    with _env(MLFLOW_RUN_ID=context.parent_run_id):
+        parent = resolve_tracker(context.experiment, tracking_uri=context.tracking_uri or None)
+    name = f"{variant}.{step}" if variant else step
+    with parent.start_child(name, tags=tags) as child:
+        yield child
+
+
+def _finish(result: StepResult, context: RunContext, tracker: Any) -> StepResult:
+    """Publish the out folder under the context's prefix (atomic, with a manifest) and tag it."""
+    from sparsepipe.storage import publish
+
+    uri = context.publish_uri(result.variant if result.step != "data" else "", result.step)
+    if uri:
+        published = publish(result.out_dir, uri)
+        tracker.set_tags({"sparsepipe.published": published})
+        result.extra["published"] = published
+    return result
+
+
+def _int(value: Any) -> Any:
+    """``160.0`` -> ``160``; anything else unchanged (the step config then explains the error)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _run(step: str, variant: str, context: str, call: Any) -> StepResult:
+    ctx = RunContext.from_json(context)
+    ctx.apply_env()
+    with step_tracker(ctx, step, variant) as tracker:
+        result = call(tracker)
+        return _finish(result, ctx, tracker)
+
+
+def run_data(source: str, out: str, context: str = "", validate: bool = True) -> StepResult:
+    """The data step into the artifact folder ``out`` (``Output[Dataset].path``)."""
+    from sparsepipe.data import DataConfig, prepare_data
+
+    def call(tracker: Any) -> StepResult:
+        result = prepare_data(source, out, DataConfig(validate=validate, progress=False))
+        tracker.log_params({"data.source": result.config.get("source", ""), "data.validate": validate})
+        tracker.log_metrics(result.metrics)
+        tracker.log_artifact(str(result.path("data_yaml")), "data")
+        return result
+
+    return _run("data", "", context, call)
+
+
+def run_train(model: str, data: str, out: str, context: str = "", *, epochs: int = 30, imgsz: int = 320,
+              batch: int = 16, device: str = "cpu", workers: int = 2, seed: int = 0,
+              variant: str = "baseline") -> StepResult:
+    """The train step (``data``: a data step's folder) into the artifact folder ``out``."""
+    from sparsepipe.training import TrainConfig, train
+
+    # Loop items reach components as JSON numbers (160.0): integers are made integers again.
+    config = TrainConfig(epochs=_int(epochs), imgsz=_int(imgsz), batch=_int(batch), device=device or "cpu",
+                         workers=_int(workers), seed=_int(seed), variant=variant)
+    return _run("train", variant, context, lambda tracker: train(model, data, out, config, tracker))
+
+
+def run_export(model: str, out: str, context: str = "", *, imgsz: int = 320, opset: int = 17,
+               variant: str = "") -> StepResult:
+    """The export step (``model``: a train/sparsify folder) into the artifact folder ``out``."""
+    from sparsepipe.export import ExportConfig, export_onnx
+    from sparsepipe.results import inherited_variant
+
+    variant = inherited_variant(model, variant)
+    config = ExportConfig(imgsz=_int(imgsz), opset=_int(opset), variant=variant)
+    return _run("export", variant, context, lambda tracker: export_onnx(model, out, config, tracker))
+
+
+def run_evaluate(model: str, data: str, out: str, context: str = "", *, variant: str = "") -> StepResult:
+    """The evaluate step (``model``: an export folder; ``data``: a data folder)."""
+    from sparsepipe.evaluate import EvaluateConfig, evaluate
+    from sparsepipe.results import inherited_variant
+
+    variant = inherited_variant(model, variant)
+    config = EvaluateConfig(variant=variant)
+    return _run("evaluate", variant, context, lambda tracker: evaluate(model, data, out, config, tracker))
+
+
+def run_benchmark(model: str, out: str, context: str = "", *, threads: int = 1, iterations: int = 100,
+                  warmup: int = 10, batch: int = 1, baseline: str = "", variant: str = "") -> StepResult:
+    """The benchmark step (``model``: an export folder; ``baseline``: one to interleave with)."""
+    from sparsepipe.benchmark import BenchmarkConfig, benchmark
+    from sparsepipe.results import inherited_variant
+
+    variant = inherited_variant(model, variant)
+    config = BenchmarkConfig(threads=_int(threads), iterations=_int(iterations), warmup=_int(warmup),
+                             batch=_int(batch), variant=variant)
+    return _run("benchmark", variant, context,
+                lambda tracker: benchmark(model, out, config, baseline=baseline or None, tracker=tracker))
+
+
+def run_report(results: list[str], out: str, context: str = "", *, markdown_path: str = "",
+               html_path: str = "", baseline: str = "baseline",
+               title: str = "sparsepipe variant comparison") -> StepResult:
+    """The report step over step folders; copies report.md/.html to the KFP artifact paths."""
+    from sparsepipe.report import ReportConfig, report
+
+    def call(tracker: Any) -> StepResult:
+        result = report(list(results), out, ReportConfig(baseline=baseline, title=title), tracker)
+        for role, target in (("markdown", markdown_path), ("html", html_path)):
+            if target:
+                atomic_copy(result.path(role), Path(target))
+        return result
+
+    return _run("report", "", context, call)
+
+
+def kfp_metrics(result: StepResult) -> dict[str, float]:
+    """The result's metrics as floats for ``Metrics.log_metric`` (names as in result.json)."""
+    out: dict[str, float] = {}
+    for key, value in result.metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        out[key] = float(value)
+    return out
