@@ -163,7 +163,9 @@ def sparsify(
         raise SparsepipeError(f"'{model}' is a {yolo.task} model; sparsify supports detection and segmentation models.")
     teacher_model = None
     if teacher:
-        teacher_model = load_yolo(teacher).model
+        from sparsepipe.distillation import resolve_teacher
+
+        teacher_model = resolve_teacher(teacher, yolo)
     validate_recipe(loaded, yolo.model, teacher=teacher_model)
     session = RecipeSession(loaded, args, tracker, resume_state=resume_state)
     distill = None
