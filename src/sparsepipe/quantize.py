@@ -442,23 +442,32 @@ def quantize(model: str, data: str, out: str | Path, config: QuantizeConfig | No
         if config.calibration_method == "percentile":
             extra["CalibPercentile"] = float(config.percentile)
         quantized = staging / "int8.onnx"
-        quantize_static(
-            str(pre),
-            str(quantized),
-            _Reader(input_name, images, imgsz),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=op_types,
-            per_channel=config.per_channel,
-            activation_type=QuantType.QUInt8 if config.activation_type == "uint8" else QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=excluded,
-            calibrate_method={
-                "minmax": CalibrationMethod.MinMax,
-                "entropy": CalibrationMethod.Entropy,
-                "percentile": CalibrationMethod.Percentile,
-            }[config.calibration_method],
-            extra_options=extra,
-        )
+        try:
+            quantize_static(
+                str(pre),
+                str(quantized),
+                _Reader(input_name, images, imgsz),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=op_types,
+                per_channel=config.per_channel,
+                activation_type=QuantType.QUInt8 if config.activation_type == "uint8" else QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=excluded,
+                calibrate_method={
+                    "minmax": CalibrationMethod.MinMax,
+                    "entropy": CalibrationMethod.Entropy,
+                    "percentile": CalibrationMethod.Percentile,
+                }[config.calibration_method],
+                extra_options=extra,
+            )
+        except ValueError as exc:
+            if "bins" not in str(exc):
+                raise
+            raise ModelError(
+                f"Histogram calibration ({config.calibration_method}) failed on '{fp32.name}': {exc}. Some "
+                f"activation is (nearly) constant over the calibration images, which happens with barely "
+                f"trained models; use --calibration-method minmax, or more / more varied calibration images."
+            ) from None
         int8_model = strip_extra_opsets(onnx.load(str(quantized)), opset)
         del int8_model.metadata_props[:]
         for prop in fp32_model.metadata_props:
