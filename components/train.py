@@ -16,16 +16,16 @@ def train_model(
     epochs: int = 30,
     imgsz: int = 320,
     batch: int = 16,
-    device: str = "cpu",
+    accelerator: str = "",
     workers: int = 2,
     seed: int = 0,
     variant: str = "baseline",
 ):
-    """Train ``model_config`` (e.g. yolov8n.yaml) on ``data``; ``device`` "cpu" or "0" (GPU)."""
+    """Train ``model_config`` (e.g. yolov8n.yaml) on ``data``; on CUDA device 0 when ``accelerator`` is set."""
     from sparsepipe.kfp_support import kfp_metrics, run_train
 
     result = run_train(model_config, data.path, model.path, context, epochs=epochs, imgsz=imgsz,
-                       batch=batch, device=device, workers=workers, seed=seed, variant=variant)
+                       batch=batch, accelerator=accelerator, workers=workers, seed=seed, variant=variant)
     model.metadata["variant"] = result.variant
     for name, value in kfp_metrics(result).items():
         metrics.log_metric(name, value)

@@ -11,35 +11,38 @@ from kfp import dsl
 
 from components import (benchmark_model, build_report, close_tracking_run, evaluate_model, export_onnx,
                         open_tracking_run, prepare_data, train_model)
-from pipelines.placement import deterministic, on_cpu_benchmark_node, on_gpu, retried, with_credentials, with_shm
+from kfp import kubernetes
+
+from pipelines.placement import (GPU_TAINT_KEY, deterministic, on_cpu_benchmark_node, retried, with_credentials,
+                                 with_shm)
 
 PIPELINE_NAME = "sparsepipe-main"
 
 
-def train_on_accelerator(accelerator, **train_args):
-    """Train on one GPU when ``accelerator`` is set (e.g. ``nvidia.com/gpu``), else on CPU.
+def train_on_accelerator(accelerator, accelerator_count, **train_args):
+    """The training task; it asks for ``accelerator_count`` devices of type ``accelerator``.
 
-    Returns the checkpoint channel (``dsl.OneOf`` of the two branches).
+    ``accelerator=""``/``accelerator_count="0"`` (the defaults) trains on CPU; e.g.
+    ``nvidia.com/gpu`` and ``"1"`` trains on one GPU (the component then uses CUDA device 0).
+    One task, not a ``dsl.If`` pair of tasks: ``kfp.local`` 2.17 cannot merge artifacts of
+    branches (``dsl.OneOf``), and the run must work there too.
     """
-    with dsl.If(accelerator != "", name="train-on-gpu"):
-        gpu = train_model(device="0", **train_args).set_display_name("train (GPU)")
-        on_gpu(deterministic(gpu, num_retries=1), accelerator)
-        with_shm(gpu.set_memory_request("16G"))
-    with dsl.Else(name="train-on-cpu"):
-        cpu = train_model(device="cpu", **train_args).set_display_name("train (CPU)")
-        with_shm(deterministic(cpu, num_retries=1))
-        cpu.set_cpu_request("2").set_memory_request("8G")
-    return dsl.OneOf(gpu.outputs["model"], cpu.outputs["model"])
+    task = train_model(accelerator=accelerator, **train_args)
+    task.set_accelerator_type(accelerator).set_accelerator_limit(accelerator_count)
+    task.set_cpu_request("2").set_memory_request("8G")
+    kubernetes.add_toleration(task, key=GPU_TAINT_KEY, operator="Exists", effect="NoSchedule")
+    with_shm(deterministic(task, num_retries=1))
+    return task.outputs["model"]
 
 
-def evaluate_and_benchmark(onnx_model, dataset, context, variant, threads, iterations, cpus):
+def evaluate_and_benchmark(onnx_model, dataset, context, variant, threads, iterations):
     """Accuracy of the ONNX file (cached) and its CPU latency on a benchmark node (never cached)."""
     evaluated = evaluate_model(onnx_model=onnx_model, data=dataset, context=context, variant=variant)
     deterministic(evaluated)
     timed = benchmark_model(onnx_model=onnx_model, context=context, threads=threads,
                             iterations=iterations, variant=variant)
     timed.set_caching_options(False)  # a timing is a measurement of this run, never reused
-    on_cpu_benchmark_node(with_credentials(retried(timed, 1)), cpus)
+    on_cpu_benchmark_node(with_credentials(retried(timed, 1)))
     return evaluated, timed
 
 
@@ -52,9 +55,9 @@ def main_pipeline(
     batch: int = 16,
     workers: int = 2,
     accelerator: str = "",
+    accelerator_count: str = "0",
     benchmark_threads: int = 2,
     benchmark_iterations: int = 200,
-    benchmark_cpus: str = "2",
     mlflow_tracking_uri: str = "",
     mlflow_experiment: str = "sparsepipe",
     publish_root: str = "",
@@ -69,7 +72,7 @@ def main_pipeline(
             tracking_uri=mlflow_tracking_uri, publish_root=publish_root, s3_endpoint_url=s3_endpoint_url,
             kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, pipeline=PIPELINE_NAME,
             params={"model": model, "data_source": data_source, "imgsz": imgsz, "epochs": epochs,
-                    "batch": batch, "accelerator": accelerator, "benchmark_threads": benchmark_threads,
+                    "batch": batch, "accelerator": accelerator, "accelerator_count": accelerator_count, "benchmark_threads": benchmark_threads,
                     "benchmark_iterations": benchmark_iterations},
         )
         with_credentials(retried(opened.set_caching_options(False)))
@@ -79,7 +82,7 @@ def main_pipeline(
         with_shm(deterministic(data))
         dataset = data.outputs["dataset"]
 
-        checkpoint = train_on_accelerator(accelerator, model_config=model, data=dataset, context=context,
+        checkpoint = train_on_accelerator(accelerator, accelerator_count, model_config=model, data=dataset, context=context,
                                           epochs=epochs, imgsz=imgsz, batch=batch, workers=workers,
                                           variant="baseline")
 
@@ -94,7 +97,7 @@ def main_pipeline(
         onnx_model = exported.outputs["onnx_model"]
 
         evaluated, timed = evaluate_and_benchmark(onnx_model, dataset, context, "", benchmark_threads,
-                                                  benchmark_iterations, benchmark_cpus)
+                                                  benchmark_iterations)
 
         reported = build_report(onnx_model=onnx_model, evaluation=evaluated.outputs["evaluation"],
                                 timing=timed.outputs["timing"], context=context, baseline="baseline")

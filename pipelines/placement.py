@@ -8,6 +8,8 @@ runs unchanged on a laptop.
 
 from __future__ import annotations
 
+import os
+
 from kfp import kubernetes
 
 #: The KFP object-store secret (SeaweedFS/MinIO) and the env variables its keys become.
@@ -18,6 +20,11 @@ BENCH_NODE_LABEL = ("sparsepipe.io/pool", "cpu-benchmark")
 BENCH_TAINT_KEY = "sparsepipe.io/benchmark"
 GPU_TAINT_KEY = "nvidia.com/gpu"
 SHM_SIZE = "2Gi"
+#: CPUs of a benchmark pod (request = limit). A compile-time constant: kfp.local 2.17 cannot
+#: resolve resources given as pipeline parameters inside an exit handler. Keep
+#: ``benchmark_threads`` <= this; recompile with SPARSEPIPE_BENCH_CPUS=8 for bigger nodes.
+BENCH_CPUS = os.environ.get("SPARSEPIPE_BENCH_CPUS", "").strip() or "2"
+BENCH_MEMORY = "4G"
 
 
 def with_credentials(task):
@@ -39,19 +46,12 @@ def retried(task, num_retries: int = 3):
                           backoff_max_duration="600s")
 
 
-def on_cpu_benchmark_node(task, cpus):
+def on_cpu_benchmark_node(task, cpus: str = BENCH_CPUS):
     """Dedicated CPU node: selector + toleration, CPU request = limit (a known, fixed budget)."""
     kubernetes.add_node_selector(task, label_key=BENCH_NODE_LABEL[0], label_value=BENCH_NODE_LABEL[1])
     kubernetes.add_toleration(task, key=BENCH_TAINT_KEY, operator="Exists", effect="NoSchedule")
     task.set_cpu_request(cpus).set_cpu_limit(cpus)
-    task.set_memory_request("4G").set_memory_limit("4G")
-    return task
-
-
-def on_gpu(task, accelerator):
-    """One GPU of type ``accelerator`` (a pipeline parameter, e.g. ``nvidia.com/gpu``)."""
-    task.set_accelerator_type(accelerator).set_accelerator_limit(1)
-    kubernetes.add_toleration(task, key=GPU_TAINT_KEY, operator="Exists", effect="NoSchedule")
+    task.set_memory_request(BENCH_MEMORY).set_memory_limit(BENCH_MEMORY)
     return task
 
 

@@ -31,9 +31,9 @@ def sweep_pipeline(
     batch: int = 16,
     workers: int = 2,
     accelerator: str = "",
+    accelerator_count: str = "0",
     benchmark_threads: int = 2,
     benchmark_iterations: int = 200,
-    benchmark_cpus: str = "2",
     mlflow_tracking_uri: str = "",
     mlflow_experiment: str = "sparsepipe",
     publish_root: str = "",
@@ -59,13 +59,13 @@ def sweep_pipeline(
         dataset = data.outputs["dataset"]
 
         with dsl.ParallelFor(variants, parallelism=PARALLELISM, name="variants") as item:
-            checkpoint = train_on_accelerator(accelerator, model_config=item.model, data=dataset,
+            checkpoint = train_on_accelerator(accelerator, accelerator_count, model_config=item.model, data=dataset,
                                               context=context, epochs=epochs, imgsz=item.imgsz, batch=batch,
                                               workers=workers, variant=item.variant)
             exported = export_onnx(checkpoint=checkpoint, context=context, imgsz=item.imgsz)
             deterministic(exported)
             evaluated, timed = evaluate_and_benchmark(exported.outputs["onnx_model"], dataset, context, "",
-                                                      benchmark_threads, benchmark_iterations, benchmark_cpus)
+                                                      benchmark_threads, benchmark_iterations)
 
         reported = build_sweep_report(
             onnx_models=dsl.Collected(exported.outputs["onnx_model"]),

@@ -26,7 +26,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2  # noqa: E402
 import sparsepipe  # noqa: E402
 from pipelines import compile as compile_mod  # noqa: E402
 
-STEP_EXECUTORS = ("prepare-data", "train-model", "train-model-2", "export-onnx", "evaluate-model", "benchmark-model")
+STEP_EXECUTORS = ("prepare-data", "train-model", "export-onnx", "evaluate-model", "benchmark-model")
 REGENERATE = "regenerate with `.venv/bin/python -m pipelines.compile` (make compile) and review the diff"
 
 
@@ -118,10 +118,8 @@ def test_golden_files_match(compiled):
 
 def test_main_wiring(main_spec):
     s = main_spec
-    for train in ("train-model", "train-model-2"):
-        assert s.source(train, "data") == ("prepare-data", "dataset")
-    producer, key = s.source("export-onnx", "checkpoint")
-    assert producer.startswith("condition-branches") and "oneof" in key  # GPU or CPU training
+    assert s.source("train-model", "data") == ("prepare-data", "dataset")
+    assert s.source("export-onnx", "checkpoint") == ("train-model", "model")
     for task in ("evaluate-model", "benchmark-model", "build-report"):
         assert s.source(task, "onnx_model") == ("export-onnx", "onnx_model")
     assert s.source("evaluate-model", "data") == ("prepare-data", "dataset")
@@ -147,7 +145,7 @@ def test_exit_handler_closes_the_run(main_spec, sweep_spec):
 
 def test_caching_and_retries(main_spec):
     s = main_spec
-    for task in ("prepare-data", "train-model", "train-model-2", "export-onnx", "evaluate-model"):
+    for task in ("prepare-data", "train-model", "export-onnx", "evaluate-model"):
         assert s.tasks[task].caching_options.enable_cache, task
     for task in ("benchmark-model", "open-tracking-run", "close-tracking-run"):
         assert not s.tasks[task].caching_options.enable_cache, task
@@ -163,7 +161,7 @@ def test_benchmark_placement(main_spec, sweep_spec):
     for s in (main_spec, sweep_spec):
         resources = s.container("benchmark-model")["resources"]
         assert resources["resourceCpuRequest"] == resources["resourceCpuLimit"]
-        assert "benchmark_cpus" in resources["resourceCpuRequest"]
+        assert resources["resourceCpuRequest"] == "2"
         assert resources["resourceMemoryRequest"] == resources["resourceMemoryLimit"]
         k8s = s.k8s["exec-benchmark-model"]
         assert k8s["nodeSelector"]["labels"] == {"sparsepipe.io/pool": "cpu-benchmark"}
@@ -175,16 +173,14 @@ def test_benchmark_placement(main_spec, sweep_spec):
 def test_training_gpu_only_when_asked(main_spec, sweep_spec):
     for s in (main_spec, sweep_spec):
         gpu = s.container("train-model")["resources"]["accelerator"]
-        assert "accelerator" in gpu["resourceType"] and gpu["resourceCount"] == "1"
-        assert "accelerator" not in s.container("train-model-2").get("resources", {})
-        conditions = [s.spec.components[f"comp-{c}"].dag.tasks for c in ("condition-3", "condition-4")
-                      if f"comp-{c}" in s.spec.components]
-        assert conditions, "no GPU/CPU branches"
-        gpu_task = s.tasks["train-model"].inputs.parameters["device"].runtime_value.constant.string_value
-        cpu_task = s.tasks["train-model-2"].inputs.parameters["device"].runtime_value.constant.string_value
-        assert (gpu_task, cpu_task) == ("0", "cpu")
+        assert gpu["resourceType"] == "{{$.inputs.parameters['pipelinechannel--accelerator']}}"
+        assert gpu["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--accelerator_count']}}"
+        defaults = s.spec.root.input_definitions.parameters
+        assert defaults["accelerator"].default_value.string_value == ""  # CPU unless asked
+        assert defaults["accelerator_count"].default_value.string_value == "0"
+        assert s.source("train-model", "accelerator") == ("", "accelerator")  # device follows the request
         assert {"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"} in s.k8s["exec-train-model"]["tolerations"]
-        for executor in ("exec-train-model", "exec-train-model-2", "exec-prepare-data"):
+        for executor in ("exec-train-model", "exec-prepare-data"):
             shm = s.k8s[executor]["emptyDirMounts"]
             assert shm == [{"medium": "Memory", "volumeName": "dshm", "sizeLimit": "2Gi", "mountPath": "/dev/shm"}]
 
@@ -236,8 +232,71 @@ def test_sweep_fans_out_and_collects(sweep_spec):
     assert loop.parameter_iterator.items.input_parameter.endswith("variants")
     assert loop.iterator_policy.parallelism_limit == 2
     body = s.spec.components[loop.component_ref.name].dag.tasks
-    assert {"export-onnx", "evaluate-model", "benchmark-model", "condition-branches-3"} <= set(body)
+    assert {"train-model", "export-onnx", "evaluate-model", "benchmark-model"} <= set(body)
+    for task, key, field in (("train-model", "model_config", "model"), ("train-model", "imgsz", "imgsz"),
+                             ("train-model", "variant", "variant"), ("export-onnx", "imgsz", "imgsz")):
+        ref = body[task].inputs.parameters[key]
+        assert ref.component_input_parameter == "pipelinechannel--variants-loop-item", (task, key)
+        assert ref.parameter_expression_selector == f'parseJson(string_value)["{field}"]', (task, key)
     for key, out in (("onnx_models", "export-onnx"), ("evaluations", "evaluate-model"), ("timings", "benchmark-model")):
         producer, output_key = s.source("build-sweep-report", key)
         assert producer == loop_name and out in output_key, key
     assert s.source("build-sweep-report", "baseline") == ("", "baseline_variant")
+
+
+# ------------------------------------------------------------------------------ end to end
+
+TINY = {"model": "yolov8n.yaml", "data_source": "synthetic:train=16,val=8,size=128,seed=3", "imgsz": 64,
+        "epochs": 1, "batch": 8, "workers": 0, "benchmark_threads": 1, "benchmark_iterations": 5}
+
+
+def test_main_pipeline_kfp_local_against_real_s3_and_mlflow(tmp_path, s3_env, mlflow_server, monkeypatch):
+    from kfp import local
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.main import main_pipeline
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    experiment = f"kfp-e2e-{tmp_path.name}"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp-root"))
+    publish_root = f"s3://{s3_env.bucket}/kfp-e2e"
+    task = main_pipeline(**TINY, mlflow_tracking_uri=mlflow_server.tracking_uri, mlflow_experiment=experiment,
+                         publish_root=publish_root, s3_endpoint_url=s3_env.endpoint_url)
+
+    # KFP outputs: the report's Markdown/HTML artifacts exist and name the baseline.
+    report = Path(task.outputs["report"].path) if "report" in task.outputs else None
+    assert report is None or report.exists()
+
+    client = MlflowClient(tracking_uri=mlflow_server.tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"  # closed by the exit handler
+    assert parent.data.tags["sparsepipe.kfp_final_status"] == "SUCCEEDED"
+    assert parent.data.params["epochs"] == "1"
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(children) == {"data", "baseline.train", "baseline.export", "baseline.evaluate", "baseline.benchmark", "report"}
+    assert all(r.info.status == "FINISHED" for r in children.values())
+    assert {"map50", "map50_95"} <= set(children["baseline.evaluate"].data.metrics)
+    assert {"latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "throughput_ips", "size_mb"} <= set(
+        children["baseline.benchmark"].data.metrics)
+    assert {"size_mb", "size_gz_mb", "params"} <= set(children["baseline.export"].data.metrics)
+    assert "params" in children["baseline.train"].data.metrics
+    artifacts = [a.path for a in client.list_artifacts(children["report"].info.run_id, "report")]
+    assert "report/report.html" in artifacts and "report/report.md" in artifacts
+    assert any(a.path.endswith("model.onnx") for a in client.list_artifacts(children["baseline.export"].info.run_id, "onnx"))
+
+    # Published step folders in S3, each committed with its _SUCCESS manifest; MLflow's artifacts too.
+    s3 = s3_env.client()
+    keys = {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s3_env.bucket, Prefix="kfp-e2e/")
+            for o in page.get("Contents", [])}
+    for folder in ("data", "baseline/train", "baseline/export", "baseline/evaluate", "baseline/benchmark", "report"):
+        assert any(k.endswith(f"/{folder}/_SUCCESS") for k in keys), folder
+        assert not any(k.endswith(f"/{folder}/_UPLOADING") for k in keys), folder
+    assert any(k.endswith("/baseline/export/model.onnx") for k in keys)
+    assert any(k.endswith("/baseline/train/model.pt") for k in keys)
+    mlflow_keys = s3.list_objects_v2(Bucket=s3_env.bucket, Prefix="mlflow/").get("KeyCount", 0)
+    assert mlflow_keys > 0

@@ -158,6 +158,7 @@ def open_run(
                          publish_root=root, s3_endpoint_url=s3_endpoint_url.strip())
     context.apply_env()
     tags = {PIPELINE_TAG: pipeline or "sparsepipe", KFP_RUN_TAG: kfp_run_id}
+    params = {k: _int(v) for k, v in dict(params or {}).items()}  # KFP hands dict numbers as 1.0
     if os.environ.get("MLFLOW_RUN_ID", "").strip():
         injected = resolve_tracker(tags=tags)  # attached: KFP owns and ends it
         injected.log_params(dict(params or {}))
@@ -243,6 +244,11 @@ def _finish(result: StepResult, context: RunContext, tracker: Any) -> StepResult
     return result
 
 
+def train_device(accelerator: str) -> str:
+    """Ultralytics ``device`` for the accelerator a training task asked for: ``"0"`` or ``"cpu"``."""
+    return "0" if accelerator.strip() else "cpu"
+
+
 def _int(value: Any) -> Any:
     """``160.0`` -> ``160``; anything else unchanged (the step config then explains the error)."""
     if isinstance(value, float) and value.is_integer():
@@ -273,13 +279,17 @@ def run_data(source: str, out: str, context: str = "", validate: bool = True) ->
 
 
 def run_train(model: str, data: str, out: str, context: str = "", *, epochs: int = 30, imgsz: int = 320,
-              batch: int = 16, device: str = "cpu", workers: int = 2, seed: int = 0,
+              batch: int = 16, accelerator: str = "", workers: int = 2, seed: int = 0,
               variant: str = "baseline") -> StepResult:
-    """The train step (``data``: a data step's folder) into the artifact folder ``out``."""
+    """The train step (``data``: a data step's folder) into the artifact folder ``out``.
+
+    ``accelerator`` is the Kubernetes resource the task asked for (``nvidia.com/gpu``): set,
+    training runs on CUDA device 0; empty, on CPU.
+    """
     from sparsepipe.training import TrainConfig, train
 
     # Loop items reach components as JSON numbers (160.0): integers are made integers again.
-    config = TrainConfig(epochs=_int(epochs), imgsz=_int(imgsz), batch=_int(batch), device=device or "cpu",
+    config = TrainConfig(epochs=_int(epochs), imgsz=_int(imgsz), batch=_int(batch), device=train_device(accelerator),
                          workers=_int(workers), seed=_int(seed), variant=variant)
     return _run("train", variant, context, lambda tracker: train(model, data, out, config, tracker))
 
