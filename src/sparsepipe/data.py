@@ -572,6 +572,19 @@ def _count_labels(path: Path, per_class: Counter) -> tuple[int, str | None]:
     return rows, task
 
 
+def split_images(data_yaml: str | os.PathLike, split: str) -> list[Path]:
+    """Every image of ``split`` ("train", "val", "test") of a data YAML, sorted; [] if none.
+
+    Reads the split exactly as the data step and ultralytics do (folders, .txt lists, ``path:``).
+    """
+    yaml_path = Path(data_yaml)
+    spec = _load_yaml(yaml_path)
+    if not isinstance(spec, dict):
+        return []
+    entries = _split_entries(spec, _dataset_root(spec, yaml_path), split) or []
+    return sorted({image for entry in entries for image, _ in _entry_images(entry)})
+
+
 def validate_dataset(data_yaml: Path, max_listed_errors: int = 10) -> DatasetSummary:
     """Check a dataset: YAML, splits, every image decodes, every label row is well formed.
 

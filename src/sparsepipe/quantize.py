@@ -262,16 +262,13 @@ def _input_shape(model: Any) -> tuple[str, list[int | str]]:
 
 def train_images(data: str) -> list[Path]:
     """All images of the TRAIN split of a data SOURCE (sorted; none -> DataError)."""
-    from sparsepipe.data import _dataset_root, _entry_images, _load_yaml, _split_entries, resolve_data
+    from sparsepipe.data import resolve_data, split_images
 
     yaml_path = Path(resolve_data(data))
-    spec = _load_yaml(yaml_path)
-    entries = _split_entries(spec, _dataset_root(spec, yaml_path), "train") if isinstance(spec, dict) else None
-    images = sorted({img for entry in entries or [] for img, _ in _entry_images(entry)})
+    images = split_images(yaml_path, "train")
     if not images:
         raise DataError(
-            f"PTQ needs calibration images, but the train split of {yaml_path} has none "
-            f"(train: {spec.get('train') if isinstance(spec, dict) else None!r}). Point --data at a "
+            f"PTQ needs calibration images, but the train split of {yaml_path} has none. Point --data at a "
             f"dataset whose train split holds images (a sample of them calibrates the activation ranges)."
         )
     return images
