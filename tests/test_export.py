@@ -54,3 +54,13 @@ def test_export_config_validation():
         ExportConfig(opset=9)
     with pytest.raises(ConfigError, match="multiple of 32"):
         ExportConfig(imgsz=65)
+
+
+def test_ultralytics_predicts_with_the_onnx(trained):
+    from ultralytics import YOLO
+
+    image = sorted((trained.data_dir / "images" / "val").glob("*.jpg"))[0]
+    results = YOLO(str(trained.export_dir / "model.onnx"), task="detect").predict(str(image), imgsz=64, conf=0.0, verbose=False)
+    assert len(results) == 1
+    assert results[0].names[0] == "circle"  # class names come from the ONNX metadata
+    assert results[0].boxes is not None
