@@ -502,7 +502,7 @@ def int8_initializers(path: str | Path) -> int:
     for node in graph.node:
         for i in node.input:
             uses[i] = uses.get(i, 0) + 1
-    folded, keep = 0, []
+    folded, keep, renames = 0, [], {}
     for node in graph.node:
         if node.op_type == "QuantizeLinear" and node.input[0] in inits:
             x, scale = value(node.input[0]), value(node.input[1])
@@ -517,11 +517,18 @@ def int8_initializers(path: str | Path) -> int:
                     scale_b, zero_b = scale, zero.astype(np.int32)
                 info = np.iinfo(zero.dtype)
                 q = np.clip(np.rint(x / scale_b) + zero_b, info.min, info.max).astype(zero.dtype)
-                graph.initializer.append(numpy_helper.from_array(q, node.output[0]))
+                # named after the float weight (``model.2.cv1.conv.weight_int8``), read by DequantizeLinear
+                name = f"{node.input[0]}_int8"
+                graph.initializer.append(numpy_helper.from_array(q, name))
+                renames[node.output[0]] = name
                 folded += 1
                 uses[node.input[0]] -= 1
                 continue
         keep.append(node)
+    for node in keep:
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
     del graph.node[:]
     graph.node.extend(keep)
     unused = [i for i in graph.initializer if uses.get(i.name, 0) <= 0 and i.name not in

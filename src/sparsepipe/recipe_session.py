@@ -67,6 +67,8 @@ class RecipeSession:
         self._epoch_ended = False
         self._saved_mtimes: dict[str, float] = {}
         self.extra_callbacks: dict[str, list[Callable[[Any], None]]] = {}
+        # functions returning more state to store in checkpoints (e.g. QAT: the model is prepared)
+        self.state_hooks: list[Callable[[], dict[str, Any]]] = []
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -90,6 +92,7 @@ class RecipeSession:
             "batches_per_epoch": self.batches_per_epoch,
             "masks": self.masks.state_dict() if self.masks else {},
             "targets": self.masks.targets if self.masks else {},
+            **{k: v for hook in self.state_hooks for k, v in hook().items()},
         }
 
     def callbacks(self) -> dict[str, Callable[[Any], None]]:

@@ -140,16 +140,6 @@ def sparsify(
         start_from = None
         args = parse_recipe_args(recipe_args)
         loaded = load_recipe(recipe, recipe_args=args)
-    from sparsepipe.modifiers.quantization import QUANTIZATION_MODIFIERS
-
-    quant = loaded.modifiers_of(*QUANTIZATION_MODIFIERS)
-    if quant:
-        raise SparsepipeError(
-            f"The recipe has a {quant[0].tag}: quantization-aware training is not run by `sparsify` "
-            f"in this release (it belongs to the `quantize` step, not yet available). Remove the "
-            f"quantization modifiers (or their *quantization_modifiers list) to prune now, and "
-            f"quantize the sparse checkpoint later."
-        )
     epochs_needed = max(1, loaded.num_epochs)
     if config.max_epochs is not None and epochs_needed > config.max_epochs:
         raise SparsepipeError(
@@ -159,6 +149,15 @@ def sparsify(
         )
     data_yaml = resolve_data(data)
     yolo = load_yolo(str(start_from) if start_from else model)
+    from sparsepipe.qat import is_prepared, quant_modifier
+
+    quant = quant_modifier(loaded)
+    if not resume and is_prepared(yolo.model):
+        raise SparsepipeError(
+            f"'{model}' is already quantized (it holds fake-quantization modules from a QAT run): "
+            f"pruning or quantizing it again is not supported. Start from the float (sparse) "
+            f"checkpoint the QAT run started from, or export this one with `sparsepipe quantize`."
+        )
     if yolo.task not in ("detect", "segment"):
         raise SparsepipeError(f"'{model}' is a {yolo.task} model; sparsify supports detection and segmentation models.")
     teacher_model = None
@@ -175,12 +174,21 @@ def sparsify(
         from sparsepipe.distillation import DistillationSession
 
         distill = DistillationSession.create(loaded, yolo, teacher, tracker)
+    qat_controller = None
+    if quant is not None:  # quantization-aware training: prepared model + schedule (sparsepipe.qat)
+        from sparsepipe.qat import QATController
+
+        qat_controller = QATController(loaded, session)
+        session.state_hooks.append(qat_controller.state)
 
     # 2. Train.
     for event, function in {**epoch_logger(tracker)}.items():
         yolo.add_callback(event, function)
     for event, function in session.callbacks().items():
         yolo.add_callback(event, function)
+    if qat_controller is not None:
+        for event, function in qat_controller.callbacks().items():
+            yolo.add_callback(event, function)
     for event, functions in (callbacks or {}).items():
         for function in functions:
             yolo.add_callback(event, function)
@@ -199,6 +207,10 @@ def sparsify(
         **({"lr0": config.lr0} if config.lr0 is not None else {}), **config.extra, **session.ultralytics_overrides(),
     }
     trainer_cls = distill.trainer_class(yolo.task) if distill else trainer_class(yolo.task)
+    if qat_controller is not None:
+        from sparsepipe.qat import qat_trainer_class
+
+        trainer_cls = qat_trainer_class(trainer_cls, qat_controller)
     started = time.perf_counter()
     if resume:
         yolo.train(resume=True, trainer=trainer_cls)

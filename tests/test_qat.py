@@ -1,0 +1,192 @@
+"""Quantization-aware training from recipes, exported to INT8 QDQ ONNX (real tiny training).
+
+    .venv/bin/python -m pytest tests/test_qat.py
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from sparsepipe.errors import SparsepipeError
+from sparsepipe.qat import AddInput, FakeQuant, QATConfig, QATConv, convert_for_export, optimized_graph_ops, qat
+from sparsepipe.recipe_session import checkpoint_state
+
+HERE = Path(__file__).parent / "sparsify"
+PRUNE_QAT = HERE / "qat-prune-current.yaml"
+LEGACY = HERE / "qat-legacy.yaml"
+CONFIG = dict(imgsz=64, batch=8, workers=0, plots=False)
+
+
+def ckpt_model(path: Path) -> torch.nn.Module:
+    ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
+    return (ckpt.get("ema") or ckpt["model"]).float().eval()
+
+
+@pytest.fixture(scope="module")
+def run(trained, tmp_path_factory):
+    """The trained tiny model: GMP to 50% during epoch 0, then QAT (current dialect) in epoch 1."""
+    out = tmp_path_factory.mktemp("qat") / "prune-qat"
+    return qat(str(trained.train_dir), str(trained.data_dir), str(PRUNE_QAT), out, QATConfig(**CONFIG))
+
+
+def test_qat_onnx_runs_integer_conv_kernels(run):
+    path = run.path("int8_onnx")
+    graph = onnx.load(str(path)).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "BatchNormalization" not in ops
+    opt = optimized_graph_ops(path)
+    # yolov8n has 57 conv+bn+act blocks: all integer; 7 plain head convs (6 box/class outputs + DFL) stay float
+    assert opt["int8_conv_nodes"] == 57 and opt["float_conv_nodes"] == 7
+    assert opt["stray_dq_conv"] == []  # no DequantizeLinear -> float Conv left on the hot path
+    assert run.metrics["int8_conv_nodes"] == 57
+    assert 0 < run.metrics["size_gz_mb"] < run.metrics["size_mb"] < 4.0  # int8 weights: ~1/4 of fp32 yolov8n
+    assert set(run.files) >= {"int8_onnx", "weights"}
+
+
+def test_ultralytics_validates_the_int8_onnx(run):
+    # mAP measured through the ONNX file by ultralytics' validator (AutoBackend + onnxruntime)
+    assert 0.0 <= run.metrics["map50_95"] <= 1.0 and 0.0 <= run.metrics["map50"] <= 1.0
+    assert Path(run.out_dir, "evaluate", "result.json").is_file()
+
+
+def test_onnx_matches_the_fake_quant_torch_model(run, trained):
+    import onnxruntime as ort
+
+    model = ckpt_model(run.path("weights"))
+    assert sum(isinstance(m, QATConv) for m in model.modules()) == 57
+    rng = np.random.default_rng(0)
+    x = rng.random((1, 3, 64, 64), dtype=np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x))[0].numpy()
+        converted = convert_for_export(model)(torch.from_numpy(x))[0].numpy()
+    session = ort.InferenceSession(str(run.path("int8_onnx")), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    # Conversion (BN folding with running statistics, fixed scales) is exact in float.
+    np.testing.assert_allclose(converted, ref, rtol=0, atol=1e-4)
+    # onnxruntime accumulates in int32 and requantizes each conv output with its own rounding, so a
+    # value on a rounding boundary can land one quantization step away and propagate; outputs are
+    # boxes (pixels, 0..64) and class probabilities (0..1). Bound: 99% of boxes within 1 px and
+    # probabilities within 0.02, and no value further off than 4 px / 0.1.
+    boxes, probs = np.abs(got[:, :4] - ref[:, :4]), np.abs(got[:, 4:] - ref[:, 4:])
+    assert np.quantile(boxes, 0.99) < 1.0 and boxes.max() < 4.0, (np.quantile(boxes, 0.99), boxes.max())
+    assert np.quantile(probs, 0.99) < 0.02 and probs.max() < 0.1, (np.quantile(probs, 0.99), probs.max())
+
+
+def test_pruned_weights_stay_zero_in_int8_initializers(run):
+    model = ckpt_model(run.path("weights"))
+    weights = dict(model.named_parameters())
+    state = checkpoint_state(run.path("weights"))
+    assert state["qat_prepared"] and state["qat"]["active"]
+    targets = state["targets"]
+    assert len(targets) > 30
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(run.path("int8_onnx"))).graph.initializer}
+    for name in targets:
+        q = inits[f"{name}_int8"]
+        assert q.dtype == np.int8
+        zero = (weights[name] == 0).numpy()
+        assert zero.mean() == pytest.approx(0.5, abs=0.01), name
+        assert (q[zero] == 0).all(), name  # every pruned weight is exactly 0 in INT8 (zero point 0)
+
+
+def test_scheme_overrides_and_ignore_reach_the_modules(run):
+    model = ckpt_model(run.path("weights"))
+    mods = dict(model.named_modules())
+    # ignore 'model.2.m.0.add_input_1': that add input stays float; the other one is quantized
+    assert not isinstance(mods["model.2.m.0.add_input_1.quant"], FakeQuant)
+    assert isinstance(mods["model.4.m.0.add_input_1.quant"], FakeQuant)
+    # override on model.2.cv1.act: asymmetric output quantizer; the default scheme has none
+    assert isinstance(mods["model.2.cv1.output_quant"], FakeQuant) and not mods["model.2.cv1.output_quant"].symmetric
+    assert not isinstance(mods["model.4.cv1.output_quant"], FakeQuant)
+    # each Conv has its own activation instance
+    assert mods["model.2.cv1.act"] is not mods["model.2.cv2.act"]
+    # named residual adds; the override makes add_input_0 of model.2.m.0 symmetric
+    assert isinstance(mods["model.2.m.0.add_input_0"], AddInput)
+    assert mods["model.2.m.0.add_input_0.quant"].symmetric and not mods["model.4.m.0.add_input_0.quant"].symmetric
+    assert "model.15.m.0.add_input_0" not in mods  # neck bottlenecks have no shortcut
+
+
+def test_legacy_dialect_recipe_runs(trained, tmp_path):
+    result = qat(str(trained.train_dir), str(trained.data_dir), str(LEGACY), tmp_path / "legacy", QATConfig(**CONFIG))
+    assert result.metrics["int8_conv_nodes"] == 57 and result.metrics["stray_dq_conv"] == 0
+    mods = dict(ckpt_model(result.path("weights")).named_modules())
+    # custom_quantizable_module_types: ['SiLU'] quantizes each activation's output too
+    assert isinstance(mods["model.2.cv1.output_quant"], FakeQuant)
+
+
+def test_bad_inputs_fail_before_training(run, trained, tmp_path):
+    with pytest.raises(SparsepipeError, match="already quantized"):
+        qat(str(run.path("weights")), str(trained.data_dir), str(PRUNE_QAT), tmp_path / "a", QATConfig(**CONFIG))
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(PRUNE_QAT.read_text().replace("'model.2.m.0.add_input_1'", "'model.15.m.0.add_input_1'"))
+    with pytest.raises(SparsepipeError, match="model.15.m.0.add_input_1"):
+        qat(str(trained.train_dir), str(trained.data_dir), str(strict), tmp_path / "b", QATConfig(**CONFIG))
+    with pytest.raises(SparsepipeError, match="no !QuantizationModifier"):
+        qat(str(trained.train_dir), str(trained.data_dir), str(HERE / "prune-quick.yaml"), tmp_path / "c",
+            QATConfig(**CONFIG))
+    for sub in "abc":
+        assert not (tmp_path / sub / "train" / "ultralytics").exists()
+
+
+CRASH = textwrap.dedent("""
+    import os, signal, sys
+    from sparsepipe.qat import qat, QATConfig
+    def crash(trainer):
+        if trainer.epoch == 1:  # second epoch, first batch (QAT on since 0.5): die like kill -9
+            os.kill(os.getpid(), signal.SIGKILL)
+    from sparsepipe.sparsify import sparsify, SparsifyConfig
+    sparsify(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4],
+             SparsifyConfig(imgsz=64, batch=8, workers=0, plots=False), callbacks={"on_train_batch_end": [crash]})
+""")
+
+
+def test_killed_qat_run_resumes(trained, tmp_path):
+    recipe = tmp_path / "resume.yaml"
+    recipe.write_text(LEGACY.read_text().replace("num_epochs: 1", "num_epochs: 2")
+                      .replace("start_epoch: 0.0\n    submodules", "start_epoch: 0.5\n    submodules")
+                      .replace("epoch: 0.5", "epoch: 1.5"))
+    out = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-c", CRASH, str(trained.train_dir), str(trained.data_dir), str(recipe),
+                           str(out / "train")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": ""})
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    last = out / "train" / "ultralytics" / "weights" / "last.pt"
+    state = checkpoint_state(last)
+    assert state["qat_prepared"] and state["qat"]["active"] and state["epoch"] == pytest.approx(1.0)
+    observed = [m for m in ckpt_model(last).modules() if isinstance(m, FakeQuant) and not m.per_channel]
+    assert observed and all(float(m.observed) == 1.0 for m in observed)  # ranges saved with the model
+
+    result = qat(str(trained.train_dir), str(trained.data_dir), None, out, QATConfig(**CONFIG), resume=True)
+    assert result.metrics["int8_conv_nodes"] == 57
+    assert checkpoint_state(result.path("weights"))["epoch"] == pytest.approx(2.0)
+
+
+def test_an_unquantized_conv_output_is_reported_as_a_float_conv(tmp_path, monkeypatch):
+    """Ignoring a Conv's activation leaves its conv output float: onnxruntime cannot run that conv
+    as an integer kernel, and the optimized-graph check names it."""
+    from ultralytics import YOLO
+
+    from sparsepipe.modifiers.quantization import QuantizationModifier
+    from sparsepipe.qat import int8_initializers, prepare_qat_, set_qat_state
+
+    monkeypatch.chdir(tmp_path)  # ultralytics writes the export next to the model source
+    yolo = YOLO("yolov8n.yaml")
+    prepare_qat_(yolo.model, QuantizationModifier(ignore=["model.9.cv2.act", "model.22.dfl.conv"]))
+    set_qat_state(yolo.model, active=True, observers_frozen=False, bn_frozen=False)
+    yolo.model.train()
+    with torch.no_grad():
+        yolo.model(torch.rand(2, 3, 64, 64))
+    convert_for_export(yolo.model)
+    path = yolo.export(format="onnx", imgsz=64, opset=17, simplify=False, device="cpu")
+    assert int8_initializers(path) == 57
+    opt = optimized_graph_ops(path)
+    assert opt["int8_conv_nodes"] == 56 and opt["stray_dq_conv"] == ["/model.9/cv2/Conv"]
