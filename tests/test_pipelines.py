@@ -276,7 +276,7 @@ def test_main_pipeline_kfp_local_against_real_s3_and_mlflow(tmp_path, s3_env, ml
     parent = parents[0]
     assert parent.info.status == "FINISHED"  # closed by the exit handler
     assert parent.data.tags["sparsepipe.kfp_final_status"] == "SUCCEEDED"
-    assert parent.data.params["epochs"] == "1"
+    assert float(parent.data.params["epochs"]) == 1 and parent.data.params["model"] == "yolov8n.yaml"
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert set(children) == {"data", "baseline.train", "baseline.export", "baseline.evaluate", "baseline.benchmark", "report"}
     assert all(r.info.status == "FINISHED" for r in children.values())
