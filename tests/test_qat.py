@@ -151,9 +151,9 @@ CRASH = textwrap.dedent("""
 
 def test_killed_qat_run_resumes(trained, tmp_path):
     recipe = tmp_path / "resume.yaml"
-    recipe.write_text(LEGACY.read_text().replace("num_epochs: 1", "num_epochs: 2")
-                      .replace("start_epoch: 0.0\n    submodules", "start_epoch: 0.5\n    submodules")
-                      .replace("epoch: 0.5", "epoch: 1.5"))
+    # legacy recipe over 2 epochs: QAT from 0.5, observers and BN frozen at 1.5
+    recipe.write_text(LEGACY.read_text().replace("num_epochs: 1", "num_epochs: 2").replace("epoch: 0.5", "epoch: 1.5")
+                      .replace("start_epoch: 0.0\n    submodules", "start_epoch: 0.5\n    submodules"))
     out = tmp_path / "killed"
     proc = subprocess.run([sys.executable, "-c", CRASH, str(trained.train_dir), str(trained.data_dir), str(recipe),
                            str(out / "train")], capture_output=True, text=True, timeout=300,
@@ -167,7 +167,9 @@ def test_killed_qat_run_resumes(trained, tmp_path):
 
     result = qat(str(trained.train_dir), str(trained.data_dir), None, out, QATConfig(**CONFIG), resume=True)
     assert result.metrics["int8_conv_nodes"] == 57
-    assert checkpoint_state(result.path("weights"))["epoch"] == pytest.approx(2.0)
+    final = checkpoint_state(result.path("weights"))
+    assert final["epoch"] == pytest.approx(2.0) and final["qat"] == {"active": True, "observers_frozen": True,
+                                                                    "bn_frozen": True}
 
 
 def test_an_unquantized_conv_output_is_reported_as_a_float_conv(tmp_path, monkeypatch):
