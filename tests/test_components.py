@@ -1,0 +1,110 @@
+"""Components: typed signatures, thin bodies, and the sparsepipe.kfp_support functions they call.
+
+    .venv/bin/python -m pytest tests/test_components.py -q
+"""
+
+import inspect
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import components  # noqa: E402
+from sparsepipe.errors import ConfigError  # noqa: E402
+from sparsepipe.kfp_support import RunContext, kfp_status_to_mlflow, train_device  # noqa: E402
+
+STEP_COMPONENTS = {
+    components.prepare_data: ({}, {"dataset": "system.Dataset", "metrics": "system.Metrics"}),
+    components.train_model: ({"data": "system.Dataset"}, {"model": "system.Model", "metrics": "system.Metrics"}),
+    components.export_onnx: ({"checkpoint": "system.Model"}, {"onnx_model": "system.Model", "metrics": "system.Metrics"}),
+    components.evaluate_model: ({"onnx_model": "system.Model", "data": "system.Dataset"},
+                                {"evaluation": "system.Artifact", "metrics": "system.Metrics"}),
+    components.benchmark_model: ({"onnx_model": "system.Model"}, {"timing": "system.Artifact", "metrics": "system.Metrics"}),
+    components.build_report: ({"onnx_model": "system.Model", "evaluation": "system.Artifact", "timing": "system.Artifact"},
+                              {"report": "system.Artifact", "markdown": "system.Markdown", "html": "system.HTML"}),
+}
+
+
+@pytest.mark.parametrize("component", list(STEP_COMPONENTS), ids=lambda c: c.name)
+def test_typed_io_and_one_call(component):
+    inputs, outputs = STEP_COMPONENTS[component]
+    spec = component.component_spec
+    assert {k: v.type.split("@")[0] for k, v in (spec.inputs or {}).items() if k in inputs} == inputs
+    assert {k: v.type.split("@")[0] for k, v in spec.outputs.items()} == outputs
+    assert "context" in spec.inputs
+    body = inspect.getsource(component.python_func)
+    calls = [line for line in body.splitlines() if "from sparsepipe" in line]
+    assert calls == [calls[0]] and "sparsepipe.kfp_support import" in calls[0]  # one import, inside
+    assert len([l for l in body.splitlines() if l.strip()]) < 40  # no logic in components
+
+
+def test_images_pinned():
+    import sparsepipe
+
+    assert components.CPU_IMAGE.endswith(f"sparsepipe-cpu:{sparsepipe.__version__}")
+    assert components.TRAIN_IMAGE.endswith(f"sparsepipe-cuda:{sparsepipe.__version__}")
+    for c in STEP_COMPONENTS:
+        image = c.component_spec.implementation.container.image
+        assert not image.endswith(":latest")
+
+
+def test_run_context_round_trip_and_errors():
+    ctx = RunContext(tracking_uri="http://mlflow:5000", parent_run_id="abc", publish_root="s3://b/p/run1")
+    assert RunContext.from_json(ctx.to_json()) == ctx
+    assert RunContext.from_json("") == RunContext()
+    assert ctx.publish_uri("baseline", "train") == "s3://b/p/run1/baseline/train"
+    assert ctx.publish_uri("", "data") == "s3://b/p/run1/data"
+    assert RunContext().publish_uri("baseline", "train") == ""
+    with pytest.raises(ConfigError, match="not JSON"):
+        RunContext.from_json("{nope")
+    with pytest.raises(ConfigError, match="Unknown run context keys"):
+        RunContext.from_json('{"secret": "x"}')
+
+
+def test_status_and_device_mapping():
+    assert kfp_status_to_mlflow("SUCCEEDED") == "FINISHED"
+    assert kfp_status_to_mlflow("FAILED") == "FAILED"
+    assert kfp_status_to_mlflow("CANCELED") == "KILLED"
+    assert kfp_status_to_mlflow("whatever") == "FAILED"
+    assert train_device("") == "cpu" and train_device("nvidia.com/gpu") == "0"
+
+
+def test_open_step_close_against_real_mlflow(mlflow_server, monkeypatch, tmp_path):
+    """Parent run opened, a step logs into a child, the exit handler closes both with a status."""
+    from mlflow.tracking import MlflowClient
+
+    from sparsepipe.kfp_support import close_run, open_run, step_tracker
+
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    experiment = f"kfp-unit-{tmp_path.name}"
+    context = RunContext.from_json(open_run(experiment=experiment, tracking_uri=mlflow_server.tracking_uri,
+                                            kfp_run_id="run-1", params={"epochs": 3.0}))
+    assert context.parent_run_id
+    with step_tracker(context, "train", "baseline") as tracker:
+        tracker.log_metrics({"map50": 0.5})
+    client = MlflowClient(tracking_uri=mlflow_server.tracking_uri)
+    parent = client.get_run(context.parent_run_id)
+    assert parent.info.status == "RUNNING" and parent.data.params["epochs"] == "3"
+    assert close_run(kfp_run_id="run-1", status="FAILED", experiment=experiment,
+                     tracking_uri=mlflow_server.tracking_uri) == "FAILED"
+    assert client.get_run(context.parent_run_id).info.status == "FAILED"
+    child = client.get_run(tracker.run_id)
+    assert child.info.run_name == "baseline.train" and child.info.status == "FINISHED"
+    assert child.data.metrics["map50"] == 0.5
+
+
+def test_tracking_off_without_uri(monkeypatch):
+    from sparsepipe.kfp_support import close_run, open_run, step_tracker
+    from sparsepipe.tracking import Tracker
+
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    context = RunContext.from_json(open_run(kfp_run_id="r"))
+    assert context.parent_run_id == "" and context.tracking_uri == ""
+    with step_tracker(context, "data") as tracker:
+        assert type(tracker) is Tracker
+    assert close_run(kfp_run_id="r", status="SUCCEEDED") == ""
