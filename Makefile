@@ -12,11 +12,12 @@ DATA   ?= synthetic:train=128,val=32,size=320,seed=0
 EPOCHS ?= 30
 IMGSZ  ?= 160
 THREADS ?= 2
+KFP_HOST ?=
 RECIPE ?= recipes/yolov8n-pruned50.yaml
 RECIPE_ARGS ?= num_epochs=10,pruning_start_epoch=0,pruning_end_epoch=6
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-slow data baseline sparsify export evaluate benchmark report bench-sparsify mlflow-ui clean
+.PHONY: help setup demo test test-slow data baseline sparsify export evaluate benchmark report bench-sparsify compile pipeline-local submit sweep mlflow-ui clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -65,6 +66,22 @@ report: $(STAMP) ## comparison table + plot of the steps above into runs/report
 
 bench-sparsify: $(STAMP) ## pruning benchmark (about 40 min on 2 cores): mAP and time/epoch of pruned50/75 vs plain
 	$(BIN)/python benchmarks/sparsify_bench.py --out $(RUNS)/bench-sparsify --epochs 60 --prune-epochs 30
+
+compile: $(STAMP) ## compile the Kubeflow pipelines into pipelines/compiled/*.yaml (golden files)
+	$(BIN)/python -m pipelines.compile
+
+pipeline-local: $(STAMP) ## main pipeline through kfp.local with a local SeaweedFS + MLflow (started, then stopped)
+	$(BIN)/python -m pipelines.run_local --out $(RUNS)/kfp-local --model $(MODEL) --data $(DATA) --epochs $(EPOCHS) --imgsz $(IMGSZ) --threads $(THREADS)
+
+submit: $(STAMP) ## submit the main pipeline: make submit KFP_HOST=http://localhost:8080
+	@test -n "$(KFP_HOST)" || { echo "error: set KFP_HOST, e.g. make submit KFP_HOST=http://localhost:8080"; exit 2; }
+	$(BIN)/python -m pipelines.compile --check
+	$(BIN)/python -m pipelines.submit --host $(KFP_HOST) --pipeline main --param model=$(MODEL) --param data_source=$(DATA) --param epochs=$(EPOCHS) --param imgsz=$(IMGSZ) --param benchmark_threads=$(THREADS)
+
+sweep: $(STAMP) ## submit the sweep pipeline: make sweep KFP_HOST=http://localhost:8080
+	@test -n "$(KFP_HOST)" || { echo "error: set KFP_HOST, e.g. make sweep KFP_HOST=http://localhost:8080"; exit 2; }
+	$(BIN)/python -m pipelines.compile --check
+	$(BIN)/python -m pipelines.submit --host $(KFP_HOST) --pipeline sweep --param data_source=$(DATA) --param epochs=$(EPOCHS) --param benchmark_threads=$(THREADS)
 
 mlflow-ui: $(STAMP) ## open the local MLflow store (./mlruns) at http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
