@@ -61,11 +61,17 @@ def collect_variants(results: list[StepResult]) -> dict[str, dict[str, Any]]:
         entry["metrics"].update(result.metrics)
         for role in ("int8_onnx", "onnx", "weights"):
             if role in result.files and result.step in ("export", "quantize", "benchmark"):
-                entry["model"] = Path(result.files[role]).name
+                entry["model"] = _short_path(result, role)
                 break
         if not entry["model"] and "weights" in result.files:
-            entry["model"] = Path(result.files["weights"]).name
+            entry["model"] = _short_path(result, "weights")
     return variants
+
+
+def _short_path(result: StepResult, role: str) -> str:
+    """``<step folder>/<file>``: enough to find the file, short enough for a table cell."""
+    path = result.path(role)
+    return f"{path.parent.name}/{path.name}"
 
 
 def add_relative_metrics(variants: dict[str, dict[str, Any]], baseline: str) -> None:
