@@ -382,6 +382,10 @@ def test_cpu_image_builds_and_runs_the_steps(tmp_path):
     # what the KFP launcher runs before a lightweight component: kfp is already there, no network
     sparsepipe("-c", "python3 -m pip install --quiet --no-warn-script-location 'kfp==2.17.0' --no-deps"
                " && python3 -c 'import kfp.dsl.executor_main, sparsepipe.kfp_support'", entrypoint="sh")
+    # none of the build's package sources stayed in the image (engines may leave empty mount points)
+    pip_config = sparsepipe("-c", "pip config list; find /wheels /opt/wheels /opt/pypi /opt/pypi-more -mindepth 1"
+                            " 2>/dev/null | head -3", entrypoint="sh")
+    assert not re.search(r"index-url|find-links|cert|\.whl", pip_config), pip_config
 
     results = {step: json.loads((work / step / "result.json").read_text()) for step in ("data", "train", "export", "bench")}
     assert results["train"]["step"] == "train" and (work / "train" / "model.pt").stat().st_size > 100_000
