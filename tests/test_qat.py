@@ -59,27 +59,110 @@ def test_ultralytics_validates_the_int8_onnx(run):
     assert Path(run.out_dir, "evaluate", "result.json").is_file()
 
 
-def test_onnx_matches_the_fake_quant_torch_model(run, trained):
+def test_trained_int8_onnx_matches_its_fake_quant_model(run):
     import onnxruntime as ort
 
     model = ckpt_model(run.path("weights"))
     assert sum(isinstance(m, QATConv) for m in model.modules()) == 57
-    rng = np.random.default_rng(0)
-    x = rng.random((1, 3, 64, 64), dtype=np.float32)
+    x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
     with torch.no_grad():
         ref = model(torch.from_numpy(x))[0].numpy()
         converted = convert_for_export(model)(torch.from_numpy(x))[0].numpy()
     session = ort.InferenceSession(str(run.path("int8_onnx")), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x})[0]
-    # Conversion (BN folding with running statistics, fixed scales) is exact in float.
+    # conversion (BN folded with running statistics, scales fixed) is the same arithmetic in float
     np.testing.assert_allclose(converted, ref, rtol=0, atol=1e-4)
-    # onnxruntime accumulates in int32 and requantizes each conv output with its own rounding, so a
-    # value on a rounding boundary can land one quantization step away and propagate; outputs are
-    # boxes (pixels, 0..64) and class probabilities (0..1). Bound: 99% of boxes within 1 px and
-    # probabilities within 0.02, and no value further off than 4 px / 0.1.
+    # outputs are boxes in pixels and class probabilities: 99% of boxes within 1 px, probabilities
+    # within 0.02 (this 2-epoch tiny model's head is nearly constant, so it matches almost exactly;
+    # the layer-wise bound on a model with lively activations is the next test)
     boxes, probs = np.abs(got[:, :4] - ref[:, :4]), np.abs(got[:, 4:] - ref[:, 4:])
-    assert np.quantile(boxes, 0.99) < 1.0 and boxes.max() < 4.0, (np.quantile(boxes, 0.99), boxes.max())
-    assert np.quantile(probs, 0.99) < 0.02 and probs.max() < 0.1, (np.quantile(probs, 0.99), probs.max())
+    assert np.quantile(boxes, 0.99) < 1.0 and np.quantile(probs, 0.99) < 0.02
+
+
+def _export_fresh(folder: Path, modifier) -> tuple[torch.nn.Module, str]:
+    """yolov8n (random init) prepared, observers and BN statistics calibrated on 4 random batches,
+    exported through ultralytics' exporter; returns (fake-quant reference in eval mode, ONNX path)."""
+    import copy
+
+    from ultralytics import YOLO
+
+    from sparsepipe.qat import int8_initializers, prepare_qat_, set_qat_state
+
+    torch.manual_seed(0)
+    yolo = YOLO("yolov8n.yaml")
+    for bn in yolo.model.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.momentum = 1.0  # running statistics = the last batch: activations of a sane size
+    prepare_qat_(yolo.model, modifier)
+    set_qat_state(yolo.model, active=True, observers_frozen=False, bn_frozen=False)
+    yolo.model.train()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _ in range(4):
+            yolo.model(torch.rand(4, 3, 64, 64, generator=generator))
+    set_qat_state(yolo.model, active=True, observers_frozen=True, bn_frozen=True)
+    reference = copy.deepcopy(yolo.model).eval()
+    convert_for_export(yolo.model)
+    cwd = os.getcwd()
+    os.chdir(folder)  # ultralytics writes the export of a YAML-built model into the working directory
+    try:
+        path = yolo.export(format="onnx", imgsz=64, opset=17, simplify=False, device="cpu")
+    finally:
+        os.chdir(cwd)
+    assert int8_initializers(Path(folder, path)) == 57
+    return reference, str(Path(folder, path))
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory):
+    from sparsepipe.modifiers.quantization import QuantizationModifier
+
+    return _export_fresh(tmp_path_factory.mktemp("fresh"), QuantizationModifier(ignore=["model.22.dfl.conv"]))
+
+
+def test_onnx_matches_the_fake_quant_torch_model(fresh):
+    """Tolerances (measured on this random-init net, 4 inputs):
+
+    * The first layers differ from torch by at most one quantization step of their conv-output
+      quantizer (times SiLU's largest slope, 1.1) in under 1% of the values: torch rounds
+      ``x * (1/scale)``, onnxruntime ``x / scale`` and QLinearConv requantizes an exact int32 sum,
+      so a value on a rounding boundary can land one step away.
+    * Such flips spread through the untrained network (gain > 1 per layer), so the end is compared
+      statistically: RMS error of the boxes relative to their spread. Without graph optimizations
+      (QuantizeLinear/DequantizeLinear/Conv in float, the reference meaning of the QDQ graph)
+      measured 0-2% (< 5% asserted); with integer kernels 4-8% (< 15% asserted). The trained
+      model's outputs are compared in ``test_trained_int8_onnx_matches_its_fake_quant_model``.
+    """
+    import onnxruntime as ort
+
+    reference, path = fresh
+    model = onnx.load(path)
+    for k in (0, 1):  # SiLU outputs: observing them does not stop the conv before from fusing
+        model.graph.output.append(onnx.helper.make_tensor_value_info(f"/model.{k}/act/Mul_output_0",
+                                                                     onnx.TensorProto.FLOAT, None))
+    feats = {}
+    for k in (0, 1):
+        reference.model[k].register_forward_hook(lambda m, i, o, k=k: feats.__setitem__(k, o.numpy()))
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sessions = {"qdq-float": (ort.InferenceSession(model.SerializeToString(), plain, providers=["CPUExecutionProvider"]), 0.05),
+                "int8": (ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]), 0.15)}
+    opt = optimized_graph_ops(path)
+    assert opt["int8_conv_nodes"] == 57 and not opt["stray_dq_conv"]
+    for seed in range(4):
+        x = np.random.default_rng(seed).random((1, 3, 64, 64), dtype=np.float32)
+        with torch.no_grad():
+            ref = reference(torch.from_numpy(x))[0].numpy()
+        for kind, (session, rel_rms) in sessions.items():
+            out, *layers = session.run(None, {"images": x})
+            for k, got in zip((0, 1), layers):
+                quant = reference.model[k].act_input_quant
+                step = float(quant.qparams(quant.min_val, quant.max_val)[0])
+                diff = np.abs(got - feats[k])
+                assert diff.max() <= 1.1 * step + 1e-5 and (diff > 1e-5).mean() < 0.01, (kind, seed, k, diff.max(), step)
+            boxes = out[:, :4] - ref[:, :4]
+            error = float(np.sqrt((boxes ** 2).mean()) / ref[:, :4].std())
+            assert error < rel_rms, (kind, seed, error)
 
 
 def test_pruned_weights_stay_zero_in_int8_initializers(run):
@@ -172,23 +255,11 @@ def test_killed_qat_run_resumes(trained, tmp_path):
                                                                     "bn_frozen": True}
 
 
-def test_an_unquantized_conv_output_is_reported_as_a_float_conv(tmp_path, monkeypatch):
+def test_an_unquantized_conv_output_is_reported_as_a_float_conv(tmp_path):
     """Ignoring a Conv's activation leaves its conv output float: onnxruntime cannot run that conv
     as an integer kernel, and the optimized-graph check names it."""
-    from ultralytics import YOLO
-
     from sparsepipe.modifiers.quantization import QuantizationModifier
-    from sparsepipe.qat import int8_initializers, prepare_qat_, set_qat_state
 
-    monkeypatch.chdir(tmp_path)  # ultralytics writes the export next to the model source
-    yolo = YOLO("yolov8n.yaml")
-    prepare_qat_(yolo.model, QuantizationModifier(ignore=["model.9.cv2.act", "model.22.dfl.conv"]))
-    set_qat_state(yolo.model, active=True, observers_frozen=False, bn_frozen=False)
-    yolo.model.train()
-    with torch.no_grad():
-        yolo.model(torch.rand(2, 3, 64, 64))
-    convert_for_export(yolo.model)
-    path = yolo.export(format="onnx", imgsz=64, opset=17, simplify=False, device="cpu")
-    assert int8_initializers(path) == 57
+    _, path = _export_fresh(tmp_path, QuantizationModifier(ignore=["model.9.cv2.act", "model.22.dfl.conv"]))
     opt = optimized_graph_ops(path)
     assert opt["int8_conv_nodes"] == 56 and opt["stray_dq_conv"] == ["/model.9/cv2/Conv"]

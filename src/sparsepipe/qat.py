@@ -77,7 +77,10 @@ class FakeQuant(nn.Module):
         lo = torch.clamp(lo.detach().float(), max=0.0)
         hi = torch.clamp(hi.detach().float(), min=0.0)
         if self.symmetric:
-            scale = torch.maximum(-lo, hi) / float(self.quant_max)
+            amax = torch.maximum(-lo, hi)
+            # an all-zero (fully pruned) channel gets scale 1: any scale quantizes 0 to 0, and a
+            # tiny one would overflow the int32 bias onnxruntime derives (bias / (s_in * s_w))
+            scale = torch.where(amax > 0, amax / float(self.quant_max), torch.ones_like(amax))
             zero = torch.zeros_like(scale, dtype=torch.int32)
         else:
             scale = (hi - lo) / float(self.quant_max - self.quant_min)
