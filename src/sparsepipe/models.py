@@ -57,11 +57,18 @@ def _unknown_model(name: str, reason: str) -> ModelError:
 def resolve_model_path(model: str, cache_dir: Path | None = None) -> str:
     """Return a loadable reference: a config name as is, or an existing local file path.
 
-    ``s3://`` checkpoints are downloaded into ``cache_dir`` first.
+    ``s3://`` checkpoints are downloaded into ``cache_dir`` first; MLflow registry URIs
+    (``models:/NAME/VERSION``, ``models:/NAME@ALIAS``, server ``$MLFLOW_TRACKING_URI``) are
+    downloaded once into ``cache_dir`` (default ``$SPARSEPIPE_CACHE/models``) and give the
+    version's model file (its ``.pt`` when it holds both a ``.pt`` and an ``.onnx``).
     """
     model = str(model).strip()
     if not model:
         raise ModelError("The model is empty: pass --model yolov8n.yaml or a checkpoint path.")
+    if model.startswith("models:/"):
+        from sparsepipe.registry import resolve_registry_uri
+
+        return resolve_registry_uri(model, cache_dir)
     if model.startswith("s3://"):
         from sparsepipe import storage
 

@@ -1,0 +1,285 @@
+"""The MLflow model registry: register a variant's model file, pick a champion, resolve ``models:/`` URIs.
+
+    python -c "from sparsepipe.registry import resolve_registry_uri; print(resolve_registry_uri('models:/yolov8n@champion'))"
+
+Registration (:func:`register_model`) logs the model file (``.onnx`` and/or ``.pt``) as
+artifacts of an MLflow run (under ``registry/<variant>``), creates the registered model if it
+is missing, creates a model version from that artifact folder and optionally points an alias
+(e.g. ``champion``) at it. Nothing here imports kfp.
+
+Champion policy (:class:`ChampionPolicy`, :func:`choose_champion`): **the fastest variant whose
+accuracy stays within a budget of the baseline's.** A variant is eligible when it has
+``map50_95`` and ``map50_95 >= baseline_map50_95 * (1 - max_accuracy_drop)`` (default 5 %
+relative drop allowed; the baseline itself is always eligible). Among the eligible ones the
+highest ``speedup_vs_baseline`` wins (measured interleaved with the baseline in one benchmark
+run when the pipeline does that, else the ratio of p50 latencies); ties go to the higher
+``map50_95``, then to the name. A variant without a latency is never the champion unless it is
+the baseline.
+
+Resolution (:func:`resolve_registry_uri`): ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``
+against ``$MLFLOW_TRACKING_URI`` (or an explicit URI), downloaded once into a cache folder
+(``$SPARSEPIPE_CACHE/models``, else ``~/.cache/sparsepipe/models``), returning the model file:
+the only ``.onnx``/``.pt`` file of the version, or, when it holds both, the ``.pt`` checkpoint
+(``prefer=".onnx"`` picks the ONNX instead).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sparsepipe.errors import ConfigError, SparsepipeError
+
+__all__ = [
+    "REGISTRY_PREFIX",
+    "ChampionPolicy",
+    "RegistryError",
+    "choose_champion",
+    "download_model_version",
+    "is_registry_uri",
+    "parse_registry_uri",
+    "register_model",
+    "resolve_registry_uri",
+]
+
+REGISTRY_PREFIX = "models:/"
+MODEL_SUFFIXES = (".pt", ".onnx")
+ARTIFACT_DIR = "registry"  # run artifact folder the registered files are logged under
+VARIANT_TAG = "sparsepipe.variant"
+
+
+class RegistryError(SparsepipeError):
+    """A registry URI that cannot be resolved, or a registration that failed."""
+
+
+def is_registry_uri(value: str) -> bool:
+    return str(value).strip().startswith(REGISTRY_PREFIX)
+
+
+def parse_registry_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """``models:/name/3`` -> ``(name, "3", None)``; ``models:/name@champion`` -> ``(name, None, "champion")``."""
+    spec = str(uri).strip()[len(REGISTRY_PREFIX):]
+    if "@" in spec:
+        name, _, alias = spec.rpartition("@")
+        if name and alias and "/" not in alias:
+            return name, None, alias
+    elif "/" in spec:
+        name, _, version = spec.rpartition("/")
+        if name and version.isdigit():
+            return name, version, None
+    raise RegistryError(
+        f"'{uri}' is not a model-registry URI sparsepipe understands: use models:/NAME/VERSION "
+        f"(e.g. models:/yolov8n-sparse/3) or models:/NAME@ALIAS (e.g. models:/yolov8n-sparse@champion)."
+    )
+
+
+def _tracking_uri(explicit: str | None) -> str:
+    uri = (explicit or "").strip() or os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if not uri:
+        raise RegistryError(
+            "The MLflow model registry needs a tracking server: set MLFLOW_TRACKING_URI=http://HOST:PORT "
+            "(the server holding the registry) or pass a checkpoint path instead of a models:/ URI."
+        )
+    return uri
+
+
+def _client(tracking_uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    from sparsepipe.tracking import _probe_server
+
+    if tracking_uri.startswith(("http://", "https://")):
+        _probe_server(tracking_uri)  # seconds, not minutes of client retries
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def _cache_root() -> Path:
+    root = os.environ.get("SPARSEPIPE_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "sparsepipe") / "models"
+
+
+# ------------------------------------------------------------------------------------- resolve
+
+
+def download_model_version(uri: str, cache_dir: Path | None = None, tracking_uri: str | None = None) -> Path:
+    """Download the artifacts of registry ``uri`` once (cached per name/version) and return the folder."""
+    from mlflow.exceptions import MlflowException
+
+    name, version, alias = parse_registry_uri(uri)
+    server = _tracking_uri(tracking_uri)
+    client = _client(server)
+    try:
+        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        first = (exc.message or str(exc)).splitlines()[0]
+        raise RegistryError(
+            f"{uri}: the registry at {server} has no such model version ({first}). List the versions in "
+            f"the MLflow UI (Models tab) and check the name, version or alias."
+        ) from None
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    dest = (cache_dir or _cache_root()) / safe / f"v{mv.version}"
+    if dest.is_dir():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        import mlflow.artifacts
+
+        mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp), tracking_uri=server)
+        try:
+            tmp.rename(dest)  # atomic: a killed download never looks complete
+        except OSError:  # another process finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except MlflowException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RegistryError(f"{uri}: could not download version {mv.version} from {mv.source}: {exc}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def resolve_registry_uri(uri: str, cache_dir: Path | None = None, tracking_uri: str | None = None,
+                         prefer: str = ".pt") -> str:
+    """The local model file of registry ``uri`` (downloaded and cached)."""
+    if prefer not in MODEL_SUFFIXES:
+        raise ConfigError(f"prefer={prefer!r} must be one of {MODEL_SUFFIXES}.")
+    folder = download_model_version(uri, cache_dir, tracking_uri)
+    found = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in MODEL_SUFFIXES)
+    by_suffix = {s: [p for p in found if p.suffix == s] for s in MODEL_SUFFIXES}
+    if not found:
+        raise RegistryError(f"{uri} holds no .pt or .onnx file ({folder}); register a model file.")
+    for suffix in (prefer, *[s for s in MODEL_SUFFIXES if s != prefer]):
+        files = by_suffix[suffix]
+        if len(files) == 1:
+            return str(files[0])
+        if len(files) > 1:
+            raise RegistryError(
+                f"{uri} holds several {suffix} files ({', '.join(p.name for p in files)}); register one "
+                f"model file per version."
+            )
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# ------------------------------------------------------------------------------------ register
+
+
+def register_model(
+    paths: str | os.PathLike[str] | list[str | os.PathLike[str]],
+    name: str,
+    *,
+    alias: str = "",
+    tracking_uri: str | None = None,
+    run_id: str = "",
+    experiment: str = "sparsepipe",
+    variant: str = "",
+    tags: Mapping[str, Any] | None = None,
+    description: str = "",
+) -> Any:
+    """Register model file(s) as a new version of ``name``; point ``alias`` at it when given.
+
+    The files are logged to run ``run_id`` (a new run in ``experiment`` when empty) under
+    ``registry/<variant or model>``, and the version's source is that artifact folder, so
+    ``models:/name/N`` downloads exactly these files. Returns the MLflow ``ModelVersion``.
+    """
+    from mlflow.exceptions import MlflowException
+
+    files = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+    if not files:
+        raise ConfigError("register_model needs at least one .onnx or .pt file.")
+    for f in files:
+        if not f.is_file() or f.suffix not in MODEL_SUFFIXES:
+            raise ConfigError(f"Cannot register '{f}': not an existing .onnx or .pt file.")
+    if not name or not name.strip():
+        raise ConfigError("register_model needs a registered model name, e.g. yolov8n-sparsepipe.")
+    server = _tracking_uri(tracking_uri)
+    client = _client(server)
+    own_run = not run_id
+    if own_run:
+        from sparsepipe.tracking import _get_or_create_experiment
+
+        exp_id = _get_or_create_experiment(client, experiment, server)
+        run_id = client.create_run(exp_id, run_name=f"register.{variant or name}").info.run_id
+    folder = f"{ARTIFACT_DIR}/{variant or 'model'}"
+    try:
+        for f in files:
+            client.log_artifact(run_id, str(f), artifact_path=folder)
+        try:
+            client.create_registered_model(name, description=description or None)
+        except MlflowException as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(getattr(exc, "error_code", "")):
+                raise
+        source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{folder}"
+        version_tags = {k: str(v) for k, v in dict(tags or {}).items()}
+        if variant:
+            version_tags[VARIANT_TAG] = variant
+        mv = client.create_model_version(name, source=source, run_id=run_id, tags=version_tags,
+                                         description=description or None)
+        if alias:
+            client.set_registered_model_alias(name, alias, mv.version)
+    except MlflowException as exc:
+        raise RegistryError(f"Registering {', '.join(f.name for f in files)} as '{name}' at {server} failed: {exc}") from None
+    finally:
+        if own_run:
+            client.set_terminated(run_id)
+    return mv
+
+
+# ------------------------------------------------------------------------------------ champion
+
+
+@dataclasses.dataclass
+class ChampionPolicy:
+    """Which variant becomes the champion: the fastest within an accuracy budget (see module doc)."""
+
+    baseline: str = "baseline"  # the reference variant; always eligible
+    accuracy_metric: str = "map50_95"  # higher is better
+    max_accuracy_drop: float = 0.05  # relative: 0.05 = at most 5 % below the baseline's accuracy
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= float(self.max_accuracy_drop) <= 1.0:
+            raise ConfigError(f"max_accuracy_drop={self.max_accuracy_drop!r} must be in [0, 1] (0.05 = 5 %).")
+        if not self.baseline:
+            raise ConfigError("ChampionPolicy.baseline must name a variant, e.g. baseline.")
+
+
+def _speedup(metrics: Mapping[str, Any], base: Mapping[str, Any]) -> float | None:
+    if isinstance(metrics.get("speedup_vs_baseline"), (int, float)):
+        return float(metrics["speedup_vs_baseline"])
+    if metrics.get("latency_ms_p50") and base.get("latency_ms_p50"):
+        return float(base["latency_ms_p50"]) / float(metrics["latency_ms_p50"])
+    return None
+
+
+def choose_champion(variants: Mapping[str, Mapping[str, Any]], policy: ChampionPolicy | None = None) -> tuple[str, str]:
+    """``(variant, reason)`` of the champion among ``{variant: metrics}``."""
+    policy = policy or ChampionPolicy()
+    if policy.baseline not in variants:
+        raise RegistryError(
+            f"The baseline variant '{policy.baseline}' is not among {sorted(variants)}; the champion policy "
+            f"compares against it."
+        )
+    base = variants[policy.baseline]
+    key = policy.accuracy_metric
+    if not isinstance(base.get(key), (int, float)):
+        raise RegistryError(f"The baseline has no '{key}' metric: evaluate it before choosing a champion.")
+    floor = float(base[key]) * (1.0 - float(policy.max_accuracy_drop))
+    scored = []
+    for name, metrics in variants.items():
+        accuracy = metrics.get(key)
+        if not isinstance(accuracy, (int, float)) or float(accuracy) < floor:
+            continue
+        speed = 1.0 if name == policy.baseline else _speedup(metrics, base)
+        if speed is None:
+            continue
+        scored.append((speed, float(accuracy), name))
+    scored.sort(key=lambda s: (-s[0], -s[1], s[2]))
+    speed, accuracy, winner = scored[0]  # the baseline is always in it
+    reason = (f"fastest variant with {key} >= {floor:.4f} ({1 - policy.max_accuracy_drop:.0%} of baseline "
+              f"{float(base[key]):.4f}): {winner} at {speed:.3f}x baseline speed, {key} {accuracy:.4f}")
+    return winner, reason
