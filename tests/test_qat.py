@@ -222,7 +222,6 @@ def test_bad_inputs_fail_before_training(run, trained, tmp_path):
 
 CRASH = textwrap.dedent("""
     import os, signal, sys
-    from sparsepipe.qat import qat, QATConfig
     def crash(trainer):
         if trainer.epoch == 1:  # second epoch, first batch (QAT on since 0.5): die like kill -9
             os.kill(os.getpid(), signal.SIGKILL)
@@ -245,7 +244,7 @@ def test_killed_qat_run_resumes(trained, tmp_path):
     last = out / "train" / "ultralytics" / "weights" / "last.pt"
     state = checkpoint_state(last)
     assert state["qat_prepared"] and state["qat"]["active"] and state["epoch"] == pytest.approx(1.0)
-    observed = [m for m in ckpt_model(last).modules() if isinstance(m, FakeQuant) and not m.per_channel]
+    observed = [m for m in ckpt_model(last).modules() if isinstance(m, FakeQuant) and not m.weight]
     assert observed and all(float(m.observed) == 1.0 for m in observed)  # ranges saved with the model
 
     result = qat(str(trained.train_dir), str(trained.data_dir), None, out, QATConfig(**CONFIG), resume=True)

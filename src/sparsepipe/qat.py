@@ -55,14 +55,15 @@ class FakeQuant(nn.Module):
     """
 
     def __init__(self, bits: int = 8, symmetric: bool = False, per_channel: bool = False,
-                 channels: int = 1) -> None:
+                 weight: bool = False) -> None:
         super().__init__()
         self.bits, self.symmetric, self.per_channel = int(bits), bool(symmetric), bool(per_channel)
+        self.weight = bool(weight or per_channel)  # range from the tensor itself, not observed
         self.quant_min, self.quant_max = _qrange(self.bits, self.symmetric)
         self.enabled = False
         self.observing = False
         self.frozen = False  # export mode: fixed scale / zero_point buffers
-        if not per_channel:
+        if not self.weight:
             self.register_buffer("min_val", torch.zeros(()))
             self.register_buffer("max_val", torch.zeros(()))
             self.register_buffer("observed", torch.zeros(()))
@@ -90,9 +91,10 @@ class FakeQuant(nn.Module):
         return torch.clamp(scale, min=1e-8), zero
 
     def _range(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.per_channel:
-            flat = x.detach().reshape(x.shape[0], -1)
-            return flat.min(dim=1).values, flat.max(dim=1).values
+        if self.weight:
+            flat = x.detach().reshape(x.shape[0] if self.per_channel else 1, -1)
+            lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
+            return (lo, hi) if self.per_channel else (lo[0], hi[0])
         if self.observing and self.training:
             lo, hi = x.detach().min().float(), x.detach().max().float()
             if float(self.observed) == 0.0:
@@ -110,27 +112,29 @@ class FakeQuant(nn.Module):
         if not self.enabled:
             return x
         lo, hi = self._range(x)
-        if not self.per_channel and float(self.observed) == 0.0:
+        if not self.weight and float(self.observed) == 0.0:
             return x  # nothing observed yet (eval before the first training batch)
         scale, zero = self.qparams(lo, hi)
         return self._fake(x, scale, zero)
 
     def _fake(self, x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype  # the kernels want float32 (autocast may hand in half)
+        x = x if dtype == torch.float32 else x.float()
         if self.per_channel:
-            return torch.fake_quantize_per_channel_affine(
-                x, scale.to(x.dtype) if x.dtype == torch.float32 else scale, zero, 0,
-                self.quant_min, self.quant_max)
-        return torch.fake_quantize_per_tensor_affine(x, scale.reshape(()), zero.reshape(()),
-                                                     self.quant_min, self.quant_max)
+            y = torch.fake_quantize_per_channel_affine(x, scale.float(), zero, 0, self.quant_min, self.quant_max)
+        else:
+            y = torch.fake_quantize_per_tensor_affine(x, scale.float().reshape(()), zero.reshape(()),
+                                                      self.quant_min, self.quant_max)
+        return y if dtype == torch.float32 else y.to(dtype)
 
     def freeze_qparams(self, weight: torch.Tensor | None = None) -> bool:
-        """Fix scale / zero point (from ``weight`` for per-channel, else the observed range).
+        """Fix scale / zero point (from ``weight`` for weight quantizers, else the observed range).
 
         Returns False when there is nothing to quantize with (never enabled / never observed).
         """
-        if self.per_channel:
+        if self.weight:
             if weight is None:
-                raise ValueError("per-channel fake quantization needs the weight to freeze")
+                raise ValueError("weight fake quantization needs the weight to freeze")
             scale, zero = self.qparams(*self._range(weight))
         else:
             if float(self.observed) == 0.0:
@@ -148,14 +152,14 @@ class FakeQuant(nn.Module):
         return True
 
 
-def _quantizer(args: Any, per_channel: bool = False, channels: int = 1) -> nn.Module:
+def _quantizer(args: Any, weight: bool = False) -> nn.Module:
     if args is None:
         return nn.Identity()
-    strategy = args.strategy or ("channel" if per_channel else "tensor")
-    if strategy == "channel" and not per_channel:
+    strategy = args.strategy or ("channel" if weight else "tensor")
+    if strategy == "channel" and not weight:
         raise SparsepipeError("strategy: channel is supported for weights only; activations are "
                               "quantized per tensor (remove strategy or use strategy: tensor).")
-    return FakeQuant(args.num_bits, args.symmetric, per_channel=strategy == "channel", channels=channels)
+    return FakeQuant(args.num_bits, args.symmetric, per_channel=strategy == "channel", weight=weight)
 
 
 # ------------------------------------------------------------------------------ QAT modules
@@ -180,8 +184,7 @@ class QATConv(nn.Module):
         self.act = copy.deepcopy(block.act)  # its own instance (ultralytics shares default_act)
         conv_s, act_s = schemes.get("conv"), schemes.get("act")
         self.input_quant = _quantizer(conv_s.input_activations if conv_s else None)
-        self.weight_quant = _quantizer(conv_s.weights if conv_s else None, per_channel=True,
-                                       channels=self.conv.out_channels)
+        self.weight_quant = _quantizer(conv_s.weights if conv_s else None, weight=True)
         pre = (conv_s.output_activations if conv_s else None) or (act_s.input_activations if act_s else None)
         self.act_input_quant = _quantizer(pre)
         self.output_quant = _quantizer(act_s.output_activations if act_s else None)
@@ -351,9 +354,9 @@ def set_qat_state(model: nn.Module, active: bool, observers_frozen: bool, bn_fro
 def sync_ranges(src: nn.Module, dst: nn.Module) -> None:
     """Copy activation ranges from the trained model to its EMA (ultralytics' EMA averages only
     float tensors, slowly, which would leave the EMA's ranges near their initial zeros)."""
-    dst_q = dict((n, m) for n, m in dst.named_modules() if isinstance(m, FakeQuant))
+    dst_q = {n: m for n, m in dst.named_modules() if isinstance(m, FakeQuant)}
     for name, fq in src.named_modules():
-        if isinstance(fq, FakeQuant) and not fq.per_channel and name in dst_q:
+        if isinstance(fq, FakeQuant) and not fq.weight and name in dst_q:
             for buf in ("min_val", "max_val", "observed"):
                 getattr(dst_q[name], buf).copy_(getattr(fq, buf))
 
@@ -615,7 +618,7 @@ class QATConfig(SparsifyConfig):
 
 def qat(model: str, data: str, recipe: str | None, out: str | Path, config: QATConfig | SparsifyConfig | None = None,
         recipe_args: Any = None, tracker: Any = None, *, teacher: str | None = None,
-        resume: bool = False) -> "Any":
+        resume: bool = False) -> Any:
     """Quantization-aware training under ``recipe`` then INT8 QDQ export: ``<out>/model_int8.onnx``.
 
     Training runs as sparsify into ``<out>/train`` (its own result.json, ``model.pt`` = the QAT
