@@ -262,3 +262,30 @@ def test_an_unquantized_conv_output_is_reported_as_a_float_conv(tmp_path):
     _, path = _export_fresh(tmp_path, QuantizationModifier(ignore=["model.9.cv2.act", "model.22.dfl.conv"]))
     opt = optimized_graph_ops(path)
     assert opt["int8_conv_nodes"] == 56 and opt["stray_dq_conv"] == ["/model.9/cv2/Conv"]
+
+
+def test_qat_composes_with_per_layer_distillation(trained, tmp_path):
+    from sparsepipe.distillation import SESSION_ATTR
+    from sparsepipe.qat import export_int8_onnx
+    from sparsepipe.sparsify import SparsifyConfig, sparsify
+
+    recipe = tmp_path / "distill-qat.yaml"
+    recipe.write_text(LEGACY.read_text() + textwrap.dedent("""
+        distillation_modifiers:
+          - !PerLayerDistillationModifier
+            gain: 1.0
+            start_epoch: 0.0
+            end_epoch: eval(num_epochs)
+            student_layer_names: [model.15, model.18, model.21]
+    """))
+    seen = {}
+
+    def on_train_start(trainer) -> None:
+        seen["distilling"] = SESSION_ATTR in trainer.model.__dict__
+        seen["qat_convs"] = sum(isinstance(m, QATConv) for m in trainer.model.modules())
+
+    result = sparsify(str(trained.train_dir), str(trained.data_dir), str(recipe), tmp_path / "train",
+                      SparsifyConfig(**CONFIG), teacher="self", callbacks={"on_train_start": [on_train_start]})
+    assert seen == {"distilling": True, "qat_convs": 57}
+    path = export_int8_onnx(result.path("weights"), tmp_path / "model_int8.onnx", imgsz=64)
+    assert optimized_graph_ops(path)["int8_conv_nodes"] == 57
