@@ -17,16 +17,16 @@ RECIPE ?= recipes/yolov8n-pruned50.yaml
 RECIPE_ARGS ?= num_epochs=10,pruning_start_epoch=0,pruning_end_epoch=6
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-slow data baseline sparsify export evaluate benchmark report bench-sparsify compile pipeline-local submit sweep mlflow-ui clean
+.PHONY: help setup demo test test-slow data baseline sparsify export evaluate benchmark report bench-sparsify compile pipeline-local submit sweep images push test-images lock mlflow-ui clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml images/constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 2; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c images/constraints.txt -e '.[test]'
 	@touch $(STAMP)
 
 setup: $(STAMP) ## create .venv and install sparsepipe with test extras (idempotent)
@@ -82,6 +82,18 @@ sweep: $(STAMP) ## submit the sweep pipeline: make sweep KFP_HOST=http://localho
 	@test -n "$(KFP_HOST)" || { echo "error: set KFP_HOST, e.g. make sweep KFP_HOST=http://localhost:8080"; exit 2; }
 	$(BIN)/python -m pipelines.compile --check
 	$(BIN)/python -m pipelines.submit --host $(KFP_HOST) --pipeline sweep --param data_source=$(DATA) --param epochs=$(EPOCHS) --param benchmark_threads=$(THREADS)
+
+images: ## build sparsepipe-{cpu,cuda,deepsparse}:<version> with docker/podman/buildah (offline: BASE_IMAGE=localhost/sparsepipe-base:bookworm HOST_PIP=1)
+	$(PYTHON) images/build.py build all
+
+push: ## tag and push the three images: make push REGISTRY=ghcr.io/sparsepipe
+	$(PYTHON) images/build.py push all
+
+test-images: $(STAMP) ## build the CPU image and run data/train/export/benchmark inside it (opt-in, needs an engine)
+	SPARSEPIPE_TEST_IMAGES=1 $(BIN)/python -m pytest -q -s -m images tests/test_images.py
+
+lock: $(STAMP) ## after a dependency change: freeze .venv into images/constraints.txt + requirements.txt
+	$(BIN)/python images/lock.py
 
 mlflow-ui: $(STAMP) ## open the local MLflow store (./mlruns) at http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000

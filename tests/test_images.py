@@ -6,8 +6,8 @@
 The opt-in test builds the CPU image with images/build.py (docker, podman or buildah), then runs
 data -> train (1 epoch) -> export -> benchmark inside it on a mounted host folder, with no network,
 and checks the results from outside. Offline machines pass BASE_IMAGE=localhost/sparsepipe-base:bookworm
-and HOST_PIP=1 (images/README.md). It is marked ``images`` once pyproject registers that marker,
-``slow`` until then, and skips unless SPARSEPIPE_TEST_IMAGES=1.
+and HOST_PIP=1 (images/README.md). It is marked ``images`` (excluded from `make test`)
+and skips unless SPARSEPIPE_TEST_IMAGES=1, which `make test-images` sets.
 """
 
 from __future__ import annotations
@@ -329,11 +329,6 @@ def test_staged_context_holds_only_the_package_and_images(tmp_path):
 
 # --------------------------------------------------------------------------- opt-in: build and run
 
-def _images_marker():
-    registered = any(m.split(":")[0].strip() == "images" for m in PYPROJECT["tool"]["pytest"]["ini_options"]["markers"])
-    return pytest.mark.images if registered else pytest.mark.slow
-
-
 def _engine_or_skip() -> str:
     if os.environ.get("SPARSEPIPE_TEST_IMAGES") != "1":
         pytest.skip("opt-in: make test-images (SPARSEPIPE_TEST_IMAGES=1)")
@@ -343,7 +338,7 @@ def _engine_or_skip() -> str:
         pytest.skip(str(exc))
 
 
-@_images_marker()
+@pytest.mark.images
 @pytest.mark.timeout(3600)
 def test_cpu_image_builds_and_runs_the_steps(tmp_path):
     engine = _engine_or_skip()
