@@ -289,3 +289,32 @@ def test_qat_composes_with_per_layer_distillation(trained, tmp_path):
     assert seen == {"distilling": True, "qat_convs": 57}
     path = export_int8_onnx(result.path("weights"), tmp_path / "model_int8.onnx", imgsz=64)
     assert optimized_graph_ops(path)["int8_conv_nodes"] == 57
+
+
+def test_inputs_quantized_upstream_get_a_lossless_qdq_pair(tmp_path):
+    """The published sparse-transfer recipe (SparseML's shape, written for DeepSparse) switches off
+    the input quantizer of convs fed by an already-quantized tensor through a Split; onnxruntime
+    needs DQ right before the conv, so the export re-inserts one with the upstream scale."""
+    import shutil
+
+    import onnxruntime as ort
+
+    from sparsepipe.qat import quant_modifier, requantize_conv_inputs
+    from sparsepipe.recipe import load_recipe
+
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "yolov8n-sparse-transfer-quant.yaml")
+    _, path = _export_fresh(tmp_path, quant_modifier(recipe))
+    before = str(tmp_path / "before.onnx")
+    shutil.copyfile(path, before)
+    assert requantize_conv_inputs(path) == 8
+    assert optimized_graph_ops(before)["int8_conv_nodes"] == 39
+    after = optimized_graph_ops(path)
+    assert after["int8_conv_nodes"] == 47
+    # the other 10 read a Concat of differently quantized tensors or a float residual sum
+    assert len(after["stray_dq_conv"]) == 10 and "/model.2/cv2/Conv" in after["stray_dq_conv"]
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
+    a, b = (ort.InferenceSession(p, plain, providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+            for p in (before, path))
+    np.testing.assert_array_equal(a, b)  # the inserted pair changes no value

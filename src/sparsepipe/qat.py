@@ -545,6 +545,59 @@ def int8_initializers(path: str | Path) -> int:
     return folded
 
 
+# ops that move values without changing them: a tensor on a quantization grid stays on it
+_MOVE_OPS = {"Split", "Reshape", "Transpose", "Slice", "MaxPool", "Identity", "Squeeze", "Unsqueeze",
+             "Flatten", "ReorderInput", "ReorderOutput"}
+
+
+def _dq_source(name: str, producers: dict[str, Any]) -> Any:
+    """The DequantizeLinear that ``name`` comes from through value-preserving ops only, or None."""
+    node = producers.get(name)
+    while node is not None and (node.op_type in _MOVE_OPS or (node.op_type == "Resize" and any(
+            a.name == "mode" and a.s in (b"nearest", "nearest") for a in node.attribute))):
+        node = producers.get(node.input[0])
+    return node if node is not None and node.op_type == "DequantizeLinear" else None
+
+
+def requantize_conv_inputs(path: str | Path) -> int:
+    """Give every conv with quantized weights a QDQ pair on its input when the input is an
+    already-quantized tensor that only passed through value-preserving ops (a ``Split`` of a
+    C2f, a ``MaxPool``...); returns how many.
+
+    Recipes written for DeepSparse switch such inputs' quantizers off (``input_activations:
+    null``: "quantized upstream"); onnxruntime only fuses ``DQ -> Conv -> Q``. The inserted pair
+    reuses the upstream scale and zero point, so it changes no value.
+    """
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    nodes, added = [], 0
+    for node in graph.node:
+        if (node.op_type == "Conv" and len(node.input) > 1 and node.input[0] in producers
+                and producers[node.input[0]].op_type != "DequantizeLinear"
+                and getattr(producers.get(node.input[1]), "op_type", "") == "DequantizeLinear"):
+            dq = _dq_source(node.input[0], producers)
+            if dq is not None and len(dq.input) >= 2:
+                source = node.input[0]
+                q_out, dq_out = f"{source}_requant_q_{added}", f"{source}_requant_{added}"
+                qparams = list(dq.input[1:3])
+                nodes.append(helper.make_node("QuantizeLinear", [source, *qparams], [q_out],
+                                              name=f"{node.name}/requant_q"))
+                nodes.append(helper.make_node("DequantizeLinear", [q_out, *qparams], [dq_out],
+                                              name=f"{node.name}/requant_dq"))
+                node.input[0] = dq_out
+                added += 1
+        nodes.append(node)
+    if added:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        onnx.save(model, str(path))
+    return added
+
+
 def optimized_graph_ops(path: str | Path, threads: int = 1) -> dict[str, Any]:
     """Ops of the onnxruntime-optimized graph: integer/float conv counts and stray DQ -> Conv."""
     import onnx
@@ -566,8 +619,13 @@ def optimized_graph_ops(path: str | Path, threads: int = 1) -> dict[str, Any]:
     float_conv = {"Conv", "FusedConv", "NhwcFusedConv"}
     int_convs = sum(c for op, c in ops.items() if op in int_ops)
     float_convs = sum(c for op, c in ops.items() if op in float_conv)
-    stray = [n.name for n in graph.node if n.op_type in float_conv and n.input and
-             n.input[0] in producers and producers[n.input[0]].op_type == "DequantizeLinear"]
+    # convs the export meant to be integer (quantized weights) that onnxruntime left in float
+    exported = onnx.load(str(path), load_external_data=False).graph
+    ex_producers = {o: n for n in exported.node for o in n.output}
+    meant = {o for n in exported.node if n.op_type == "Conv" and len(n.input) > 1
+             and getattr(ex_producers.get(n.input[1]), "op_type", "") == "DequantizeLinear" for o in n.output}
+    stray = [n.name for n in graph.node if n.op_type in float_conv and n.output
+             and n.output[0].removesuffix("_nchwc") in meant]
     return {"ops": ops, "int8_conv_nodes": int_convs, "float_conv_nodes": float_convs, "stray_dq_conv": stray}
 
 
@@ -594,6 +652,7 @@ def export_int8_onnx(checkpoint: str | Path, target: str | Path, imgsz: int, ops
         if not exported or not Path(exported).is_file():
             raise SparsepipeError(f"ultralytics did not produce an ONNX file for '{checkpoint}'.")
         int8_initializers(exported)
+        requantize_conv_inputs(exported)
         Path(exported).replace(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
