@@ -3,8 +3,8 @@
     python -m pipelines.compile          # compiles the pipelines built from these
 
 Each component is a typed signature plus one call into :mod:`sparsepipe.kfp_support`; imports
-live inside the body because KFP ships the function source alone. Adding a step (sparsify,
-quantize) is one file here that calls ``sparsepipe.kfp_support.run_<step>``.
+live inside the body because KFP ships the function source alone. A step is one file here
+that calls ``sparsepipe.kfp_support.run_<step>``.
 """
 
 from components.benchmark import benchmark_model
@@ -12,7 +12,9 @@ from components.data import prepare_data
 from components.evaluate import evaluate_model
 from components.export import export_onnx
 from components.images import CPU_IMAGE, TRAIN_IMAGE
+from components.quantize import quantize_model
 from components.report import build_report, build_sweep_report
+from components.sparsify import sparsify_model
 from components.tracking import close_tracking_run, open_tracking_run
 from components.train import train_model
 
@@ -27,5 +29,7 @@ __all__ = [
     "export_onnx",
     "open_tracking_run",
     "prepare_data",
+    "quantize_model",
+    "sparsify_model",
     "train_model",
 ]

@@ -1,5 +1,7 @@
 """The benchmark step: onnxruntime CPU latency/throughput of an ONNX folder."""
 
+from typing import Optional
+
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Metrics, Model, Output
 
@@ -17,12 +19,14 @@ def benchmark_model(
     warmup: int = 10,
     batch: int = 1,
     variant: str = "",
+    baseline_onnx: Optional[Input[Model]] = None,
 ):
-    """Time the model with fixed threads; run it on a CPU node with requests = limits."""
+    """Time the model with fixed threads (interleaved with ``baseline_onnx`` when given) on a CPU node."""
     from sparsepipe.kfp_support import kfp_metrics, run_benchmark
 
     result = run_benchmark(onnx_model.path, timing.path, context, threads=threads,
-                           iterations=iterations, warmup=warmup, batch=batch, variant=variant)
+                           iterations=iterations, warmup=warmup, batch=batch, variant=variant,
+                           baseline=baseline_onnx.path if baseline_onnx else "")
     timing.metadata["variant"] = result.variant
     for name, value in kfp_metrics(result).items():
         metrics.log_metric(name, value)

@@ -1,32 +1,37 @@
-"""The sweep pipeline: fan out over variants (model config x image size) and report them together.
+"""The sweep pipeline: one baseline, then a fan-out over recipes (sparsify -> INT8), one report.
 
     python -m pipelines.compile && python -m pipelines.submit --pipeline sweep --host URL
 
-Each item of ``variants`` is ``{"variant": NAME, "model": CONFIG, "imgsz": PX}``; every variant is
-trained, exported, evaluated and benchmarked in parallel (``PARALLELISM`` at a time) and one
-report compares them (``dsl.Collected``). Recipes become another key of the item later.
+The baseline is trained, exported, evaluated and benchmarked once. Each item of ``recipes`` is
+``{"variant": NAME, "recipe": PATH_OR_S3_URI, "recipe_args": "k=v,..."}``; every item is
+sparsified from the baseline checkpoint, exported, quantized (PTQ), and both its pruned and its
+INT8 variant are evaluated and benchmarked against the baseline ONNX in the same run, in a
+``dsl.ParallelFor`` (``PARALLELISM`` at a time). One report compares all variants
+(``dsl.Collected``) and registers the champion. Recipes are files shipped in the images under
+``recipes/`` (``/opt/sparsepipe/recipes``) or ``s3://`` URIs (see docs/kubeflow.md).
 """
 
 from kfp import dsl
 
-from components import build_sweep_report, close_tracking_run, export_onnx, open_tracking_run, prepare_data
-from pipelines.main import evaluate_and_benchmark, train_on_accelerator
+from components import build_sweep_report, close_tracking_run, open_tracking_run, prepare_data
+from pipelines.main import (DEFAULT_REGISTERED_MODEL, evaluate_and_benchmark, exported_onnx, quantized_onnx,
+                            sparsify_on_accelerator, train_on_accelerator)
 from pipelines.placement import deterministic, retried, with_credentials, with_shm
 
 PIPELINE_NAME = "sparsepipe-sweep"
-PARALLELISM = 2  # variants trained at once (a compile-time constant in KFP)
-DEFAULT_VARIANTS = [
-    {"variant": "yolov8n-160", "model": "yolov8n.yaml", "imgsz": 160},
-    {"variant": "yolov8n-224", "model": "yolov8n.yaml", "imgsz": 224},
-    {"variant": "yolo11n-160", "model": "yolo11n.yaml", "imgsz": 160},
+PARALLELISM = 2  # recipes sparsified at once (a compile-time constant in KFP)
+DEFAULT_RECIPES = [
+    {"variant": "pruned50", "recipe": "recipes/yolov8n-pruned50.yaml", "recipe_args": ""},
+    {"variant": "pruned75", "recipe": "recipes/yolov8n-pruned75.yaml", "recipe_args": ""},
 ]
 
 
-@dsl.pipeline(name=PIPELINE_NAME, description="sparsepipe: train/export/evaluate/benchmark several variants, one report")
+@dsl.pipeline(name=PIPELINE_NAME, description="sparsepipe: one baseline, a fan-out over pruning recipes (+INT8), one report")
 def sweep_pipeline(
-    variants: list = DEFAULT_VARIANTS,
-    baseline_variant: str = "yolov8n-160",
+    recipes: list = DEFAULT_RECIPES,
+    model: str = "yolov8n.yaml",
     data_source: str = "synthetic:train=128,val=32,size=320,seed=0",
+    imgsz: int = 160,
     epochs: int = 30,
     batch: int = 16,
     workers: int = 2,
@@ -34,6 +39,10 @@ def sweep_pipeline(
     accelerator_count: str = "0",
     benchmark_threads: int = 2,
     benchmark_iterations: int = 200,
+    calibration_images: int = 64,
+    registered_model: str = DEFAULT_REGISTERED_MODEL,
+    champion_alias: str = "champion",
+    max_accuracy_drop: float = 0.05,
     mlflow_tracking_uri: str = "",
     mlflow_experiment: str = "sparsepipe",
     publish_root: str = "",
@@ -47,9 +56,11 @@ def sweep_pipeline(
             experiment=mlflow_experiment, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
             tracking_uri=mlflow_tracking_uri, publish_root=publish_root, s3_endpoint_url=s3_endpoint_url,
             kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, pipeline=PIPELINE_NAME,
-            params={"variants": variants, "baseline_variant": baseline_variant, "data_source": data_source,
+            params={"recipes": recipes, "model": model, "data_source": data_source, "imgsz": imgsz,
                     "epochs": epochs, "batch": batch, "accelerator": accelerator,
-                    "benchmark_threads": benchmark_threads, "benchmark_iterations": benchmark_iterations},
+                    "benchmark_threads": benchmark_threads, "benchmark_iterations": benchmark_iterations,
+                    "calibration_images": calibration_images, "registered_model": registered_model,
+                    "max_accuracy_drop": max_accuracy_drop},
         )
         with_credentials(retried(opened.set_caching_options(False)))
         context = opened.output
@@ -58,19 +69,35 @@ def sweep_pipeline(
         with_shm(deterministic(data))
         dataset = data.outputs["dataset"]
 
-        with dsl.ParallelFor(variants, parallelism=PARALLELISM, name="variants") as item:
-            checkpoint = train_on_accelerator(accelerator, accelerator_count, model_config=item.model, data=dataset,
-                                              context=context, epochs=epochs, imgsz=item.imgsz, batch=batch,
-                                              workers=workers, variant=item.variant)
-            exported = export_onnx(checkpoint=checkpoint, context=context, imgsz=item.imgsz)
-            deterministic(exported)
-            evaluated, timed = evaluate_and_benchmark(exported.outputs["onnx_model"], dataset, context, "",
-                                                      benchmark_threads, benchmark_iterations)
+        checkpoint = train_on_accelerator(accelerator, accelerator_count, model_config=model, data=dataset,
+                                          context=context, epochs=epochs, imgsz=imgsz, batch=batch,
+                                          workers=workers, variant="baseline")
+        baseline_onnx = exported_onnx(checkpoint, context, imgsz)
+        base_eval, base_time = evaluate_and_benchmark(baseline_onnx, dataset, context, "", benchmark_threads,
+                                                      benchmark_iterations)
+
+        with dsl.ParallelFor(recipes, parallelism=PARALLELISM, name="recipes") as item:
+            sparse = sparsify_on_accelerator(accelerator, accelerator_count, checkpoint=checkpoint, data=dataset,
+                                             recipe=item.recipe, recipe_args=item.recipe_args, context=context,
+                                             imgsz=imgsz, batch=batch, workers=workers, variant=item.variant)
+            pruned_onnx = exported_onnx(sparse, context, imgsz)
+            pruned_eval, pruned_time = evaluate_and_benchmark(pruned_onnx, dataset, context, "", benchmark_threads,
+                                                              benchmark_iterations, baseline_onnx=baseline_onnx)
+            int8_onnx = quantized_onnx(pruned_onnx, dataset, context, calibration_images)
+            int8_eval, int8_time = evaluate_and_benchmark(int8_onnx, dataset, context, "", benchmark_threads,
+                                                          benchmark_iterations, baseline_onnx=baseline_onnx)
 
         reported = build_sweep_report(
-            onnx_models=dsl.Collected(exported.outputs["onnx_model"]),
-            evaluations=dsl.Collected(evaluated.outputs["evaluation"]),
-            timings=dsl.Collected(timed.outputs["timing"]),
-            context=context, baseline=baseline_variant,
+            baseline_onnx=baseline_onnx, baseline_evaluation=base_eval.outputs["evaluation"],
+            baseline_timing=base_time.outputs["timing"],
+            sparse_checkpoints=dsl.Collected(sparse),
+            onnx_models=dsl.Collected(pruned_onnx),
+            evaluations=dsl.Collected(pruned_eval.outputs["evaluation"]),
+            timings=dsl.Collected(pruned_time.outputs["timing"]),
+            int8_models=dsl.Collected(int8_onnx),
+            int8_evaluations=dsl.Collected(int8_eval.outputs["evaluation"]),
+            int8_timings=dsl.Collected(int8_time.outputs["timing"]),
+            context=context, baseline="baseline", register_model=registered_model, alias=champion_alias,
+            max_accuracy_drop=max_accuracy_drop,
         )
         with_credentials(retried(reported))

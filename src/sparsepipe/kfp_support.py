@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsepipe.errors import ConfigError
-from sparsepipe.results import StepResult, atomic_copy
+from sparsepipe.results import StepResult, atomic_copy, atomic_write_text
 
 __all__ = [
     "KFP_RUN_TAG",
@@ -42,8 +42,11 @@ __all__ = [
     "run_data",
     "run_evaluate",
     "run_export",
+    "run_quantize",
     "run_report",
+    "run_sparsify",
     "run_train",
+    "resolve_recipe",
     "step_tracker",
 ]
 
@@ -259,7 +262,10 @@ def _int(value: Any) -> Any:
 def _run(step: str, variant: str, context: str, call: Any) -> StepResult:
     ctx = RunContext.from_json(context)
     ctx.apply_env()
-    with step_tracker(ctx, step, variant) as tracker:
+    # models:/ inputs resolve against the run's MLflow server (sparsepipe.registry reads the env).
+    registry = {"MLFLOW_TRACKING_URI": ctx.tracking_uri} if ctx.tracking_uri and not os.environ.get(
+        "MLFLOW_TRACKING_URI") else {}
+    with _env(**registry), step_tracker(ctx, step, variant) as tracker:
         result = call(tracker)
         return _finish(result, ctx, tracker)
 
@@ -292,6 +298,88 @@ def run_train(model: str, data: str, out: str, context: str = "", *, epochs: int
     config = TrainConfig(epochs=_int(epochs), imgsz=_int(imgsz), batch=_int(batch), device=train_device(accelerator),
                          workers=_int(workers), seed=_int(seed), variant=variant)
     return _run("train", variant, context, lambda tracker: train(model, data, out, config, tracker))
+
+
+#: Where recipe paths that are not found as given are looked up, in order: ``$SPARSEPIPE_RECIPES_DIR``,
+#: the images' ``/opt/sparsepipe/recipes``, and the source checkout's ``recipes/`` (kfp.local).
+IMAGE_RECIPES_DIR = "/opt/sparsepipe/recipes"
+
+
+def _recipe_dirs() -> list[Path]:
+    dirs = [os.environ.get("SPARSEPIPE_RECIPES_DIR", "").strip(), IMAGE_RECIPES_DIR,
+            str(Path(__file__).resolve().parents[2] / "recipes")]
+    return [Path(d) for d in dirs if d]
+
+
+def resolve_recipe(recipe: str, cache_dir: Path | None = None) -> str:
+    """A local recipe file for ``recipe``: an ``s3://`` URI (downloaded, cached), a path, or a name under a recipe dir.
+
+    ``recipes/yolov8n-pruned50.yaml`` and ``yolov8n-pruned50.yaml`` both find the shipped recipe.
+    """
+    from sparsepipe import storage
+
+    recipe = str(recipe).strip()
+    if not recipe:
+        raise ConfigError("The recipe is empty: give recipes/<name>.yaml or an s3://bucket/key.yaml URI.")
+    if storage.is_s3_uri(recipe):
+        cache = cache_dir or Path(os.environ.get("SPARSEPIPE_CACHE") or Path.home() / ".cache" / "sparsepipe") / "recipes"
+        return str(storage.localize(recipe, cache))
+    path = Path(recipe).expanduser()
+    if path.is_file():
+        return str(path)
+    tried = []
+    for root in _recipe_dirs():
+        for candidate in (root / recipe, root / path.name):
+            tried.append(str(candidate))
+            if candidate.is_file():
+                return str(candidate)
+    raise ConfigError(
+        f"Recipe '{recipe}' not found (tried it as given and {', '.join(dict.fromkeys(tried))}). Give a recipe "
+        f"shipped in the image (recipes/<name>.yaml), an s3://bucket/key.yaml URI, or set SPARSEPIPE_RECIPES_DIR."
+    )
+
+
+def run_sparsify(model: str, data: str, recipe: str, out: str, context: str = "", *, recipe_args: str = "",
+                 imgsz: int = 320, batch: int = 16, accelerator: str = "", workers: int = 2, seed: int = 0,
+                 max_epochs: int = 0, variant: str = "pruned") -> StepResult:
+    """The sparsify step (``model``: a train folder or any model reference; ``recipe``: see :func:`resolve_recipe`).
+
+    ``recipe_args``: overrides as ``k=v,k2=v2`` or a JSON object; ``max_epochs`` > 0 refuses
+    recipes longer than that (a budget), 0 = no limit.
+    """
+    from sparsepipe.sparsify import SparsifyConfig, sparsify
+
+    config = SparsifyConfig(imgsz=_int(imgsz), batch=_int(batch), device=train_device(accelerator),
+                            workers=_int(workers), seed=_int(seed), max_epochs=_int(max_epochs) or None,
+                            variant=variant or "pruned")
+    args = recipe_args if isinstance(recipe_args, dict) else (str(recipe_args or "").strip() or None)
+
+    def call(tracker: Any) -> StepResult:
+        result = sparsify(model, data, resolve_recipe(recipe), out, config, recipe_args=args, tracker=tracker)
+        result.config["recipe"] = recipe  # the name/URI the pipeline was given, not the cache path
+        result.write()
+        return result
+
+    return _run("sparsify", config.variant, context, call)
+
+
+def run_quantize(model: str, data: str, out: str, context: str = "", *, calibration_images: int = 64,
+                 calibration_method: str = "minmax", per_channel: bool = True, evaluate: bool = False,
+                 seed: int = 0, variant: str = "") -> StepResult:
+    """The quantize step, PTQ (``model``: an export folder or ONNX/.pt; ``data``: a data folder).
+
+    ``evaluate`` is off by default because the pipeline evaluates every variant in its own
+    evaluate step. ``variant`` "" = ``<source variant>-ptq`` (``ptq`` for the baseline).
+    """
+    from sparsepipe.quantize import QuantizeConfig, quantize
+    from sparsepipe.results import inherited_variant
+
+    config = QuantizeConfig(method="ptq", calibration_images=_int(calibration_images),
+                            calibration_method=calibration_method, per_channel=per_channel,
+                            evaluate=evaluate, seed=_int(seed), variant=variant)
+    source = inherited_variant(model, "")
+    name = variant or ("ptq" if source in ("", "baseline") else f"{source}-ptq")
+    return _run("quantize", name, context, lambda tracker: quantize(model, data, out, config, tracker))
 
 
 def run_export(model: str, out: str, context: str = "", *, imgsz: int = 320, opset: int = 17,
@@ -330,12 +418,35 @@ def run_benchmark(model: str, out: str, context: str = "", *, threads: int = 1, 
 
 def run_report(results: list[str], out: str, context: str = "", *, markdown_path: str = "",
                html_path: str = "", baseline: str = "baseline",
-               title: str = "sparsepipe variant comparison") -> StepResult:
-    """The report step over step folders; copies report.md/.html to the KFP artifact paths."""
+               title: str = "sparsepipe variant comparison", register_model: str = "",
+               alias: str = "champion", max_accuracy_drop: float = 0.05) -> StepResult:
+    """The report step over step folders; copies report.md/.html to the KFP artifact paths.
+
+    ``register_model`` (a registered model name; "" = no registration, also when tracking is
+    off) registers the champion's ONNX (:func:`sparsepipe.registry.register_champion`: fastest
+    variant within ``max_accuracy_drop`` of the baseline's mAP50-95) and points ``alias`` at it;
+    the choice is appended to the report and kept in ``result.extra["registered"]``.
+    """
     from sparsepipe.report import ReportConfig, report
 
     def call(tracker: Any) -> StepResult:
         result = report(list(results), out, ReportConfig(baseline=baseline, title=title), tracker)
+        run_id = str(getattr(tracker, "run_id", "") or "")
+        if register_model and run_id:
+            from sparsepipe.registry import ChampionPolicy, register_champion
+
+            registered = register_champion(
+                list(results), register_model, alias=alias, run_id=run_id,
+                tracking_uri=getattr(tracker, "tracking_uri", None),
+                policy=ChampionPolicy(baseline=baseline, max_accuracy_drop=float(max_accuracy_drop)))
+            tracker.set_tags({"sparsepipe.registered": registered["uri"],
+                              "sparsepipe.registered_version": registered["version"],
+                              "sparsepipe.champion": registered["variant"]})
+            note = (f"\n## Registered model\n\n`{registered['uri']}` = version {registered['version']}: "
+                    f"{registered['reason']}.\n")
+            atomic_write_text(result.path("markdown"), result.path("markdown").read_text() + note)
+            result.extra["registered"] = registered
+            result.write()
         for role, target in (("markdown", markdown_path), ("html", html_path)):
             if target:
                 atomic_copy(result.path(role), Path(target))
