@@ -209,6 +209,8 @@ def test_legacy_dialect_recipe_runs(trained, tmp_path):
 def test_bad_inputs_fail_before_training(run, trained, tmp_path):
     with pytest.raises(SparsepipeError, match="already quantized"):
         qat(str(run.path("weights")), str(trained.data_dir), str(PRUNE_QAT), tmp_path / "a", QATConfig(**CONFIG))
+    with pytest.raises(SparsepipeError, match="is an ONNX model"):
+        qat(str(run.path("int8_onnx")), str(trained.data_dir), str(PRUNE_QAT), tmp_path / "a", QATConfig(**CONFIG))
     strict = tmp_path / "strict.yaml"
     strict.write_text(PRUNE_QAT.read_text().replace("'model.2.m.0.add_input_1'", "'model.15.m.0.add_input_1'"))
     with pytest.raises(SparsepipeError, match="model.15.m.0.add_input_1"):

@@ -697,6 +697,12 @@ def qat(model: str, data: str, recipe: str | None, out: str | Path, config: QATC
     tracker = tracker or Tracker()
     out = begin_step(out)
     if not resume:
+        from sparsepipe.models import resolve_model_path
+
+        if Path(resolve_model_path(model)).suffix == ".onnx":
+            raise SparsepipeError(
+                f"QAT trains a PyTorch checkpoint, but '{model}' is an ONNX model (it may already be "
+                f"quantized). Pass the float (sparse) .pt checkpoint or its train/sparsify out folder.")
         if not recipe:
             raise SparsepipeError("QAT needs --recipe RECIPE with a !QuantizationModifier.")
         loaded = load_recipe(recipe, recipe_args=parse_recipe_args(recipe_args))
