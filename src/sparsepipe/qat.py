@@ -95,7 +95,9 @@ class FakeQuant(nn.Module):
             flat = x.detach().reshape(x.shape[0] if self.per_channel else 1, -1)
             lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
             return (lo, hi) if self.per_channel else (lo[0], hi[0])
-        if self.observing and self.training:
+        # observe while observers run; a quantizer that has never observed anything takes the
+        # first training batch's range even when frozen (it needs a range to quantize with)
+        if self.training and (self.observing or float(self.observed) == 0.0):
             lo, hi = x.detach().min().float(), x.detach().max().float()
             if float(self.observed) == 0.0:
                 self.min_val.copy_(lo)
