@@ -23,8 +23,15 @@ STEP_COMPONENTS = {
     components.export_onnx: ({"checkpoint": "system.Model"}, {"onnx_model": "system.Model", "metrics": "system.Metrics"}),
     components.evaluate_model: ({"onnx_model": "system.Model", "data": "system.Dataset"},
                                 {"evaluation": "system.Artifact", "metrics": "system.Metrics"}),
-    components.benchmark_model: ({"onnx_model": "system.Model"}, {"timing": "system.Artifact", "metrics": "system.Metrics"}),
-    components.build_report: ({"onnx_model": "system.Model", "evaluation": "system.Artifact", "timing": "system.Artifact"},
+    components.benchmark_model: ({"onnx_model": "system.Model", "baseline_onnx": "system.Model"},
+                                 {"timing": "system.Artifact", "metrics": "system.Metrics"}),
+    components.sparsify_model: ({"checkpoint": "system.Model", "data": "system.Dataset"},
+                                {"model": "system.Model", "metrics": "system.Metrics"}),
+    components.quantize_model: ({"onnx_model": "system.Model", "data": "system.Dataset"},
+                                {"int8_model": "system.Model", "metrics": "system.Metrics"}),
+    components.build_report: ({f"{v}_{k}": t for v in ("baseline", "pruned", "int8")
+                               for k, t in (("onnx", "system.Model"), ("evaluation", "system.Artifact"),
+                                            ("timing", "system.Artifact"))} | {"sparse_checkpoint": "system.Model"},
                               {"report": "system.Artifact", "markdown": "system.Markdown", "html": "system.HTML"}),
 }
 
@@ -108,3 +115,30 @@ def test_tracking_off_without_uri(monkeypatch):
     with step_tracker(context, "data") as tracker:
         assert type(tracker) is Tracker
     assert close_run(kfp_run_id="r", status="SUCCEEDED") == ""
+
+
+def test_benchmark_baseline_is_optional():
+    spec = components.benchmark_model.component_spec
+    assert spec.inputs["baseline_onnx"].optional and not spec.inputs["onnx_model"].optional
+
+
+def test_sparsify_runs_on_the_training_image():
+    assert components.sparsify_model.component_spec.implementation.container.image == components.TRAIN_IMAGE
+    assert components.quantize_model.component_spec.implementation.container.image == components.CPU_IMAGE
+
+
+def test_resolve_recipe(tmp_path, monkeypatch, s3_env):
+    from sparsepipe.kfp_support import resolve_recipe
+
+    monkeypatch.chdir(tmp_path)  # not the checkout: names are found in the recipe dirs
+    shipped = resolve_recipe("recipes/yolov8n-pruned50.yaml")
+    assert Path(shipped).is_file() and resolve_recipe("yolov8n-pruned50.yaml") == shipped
+    (tmp_path / "own").mkdir()
+    (tmp_path / "own" / "r.yaml").write_text("version: 1.1.0\n")
+    monkeypatch.setenv("SPARSEPIPE_RECIPES_DIR", str(tmp_path / "own"))
+    assert resolve_recipe("r.yaml") == str(tmp_path / "own" / "r.yaml")
+    s3_env.client().put_object(Bucket=s3_env.bucket, Key="recipes/quick.yaml", Body=b"version: 1.1.0\n")
+    local = resolve_recipe(f"s3://{s3_env.bucket}/recipes/quick.yaml", tmp_path / "cache")
+    assert Path(local).read_text() == "version: 1.1.0\n"
+    with pytest.raises(ConfigError, match="not found"):
+        resolve_recipe("recipes/nope.yaml")
