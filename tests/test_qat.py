@@ -320,3 +320,21 @@ def test_inputs_quantized_upstream_get_a_lossless_qdq_pair(tmp_path):
     a, b = (ort.InferenceSession(p, plain, providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
             for p in (before, path))
     np.testing.assert_array_equal(a, b)  # the inserted pair changes no value
+
+
+def test_cli_quantize_qat_and_export_route(trained, tmp_path):
+    """`sparsepipe quantize --method qat` trains and writes INT8; `export` of the QAT checkpoint is INT8 too."""
+    from sparsepipe.cli import main
+    from sparsepipe.export import ExportConfig, export_onnx
+    from sparsepipe.results import read_result
+
+    out = tmp_path / "qat-cli"
+    rc = main(["quantize", "--method", "qat", "--model", str(trained.train_dir), "--data", str(trained.data_dir),
+               "--recipe", str(LEGACY), "--imgsz", "64", "--batch", "8", "--workers", "0", "--no-track", "--out", str(out)])
+    assert rc == 0
+    result = read_result(out)
+    assert result.step == "quantize" and result.path("int8_onnx").is_file()
+    assert result.metrics["int8_conv_nodes"] > 0
+    exported = export_onnx(str(result.path("weights")), tmp_path / "export", ExportConfig(imgsz=64))
+    ops = {n.op_type for n in onnx.load(str(exported.path("onnx"))).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops

@@ -126,6 +126,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_quantize(args: argparse.Namespace) -> int:
     from sparsepipe.quantize import QuantizeConfig, quantize
 
+    if args.method == "qat":
+        from sparsepipe.qat import QATConfig, qat
+
+        config = QATConfig(
+            imgsz=args.imgsz or 320, batch=args.batch, device=args.device, workers=args.workers, seed=args.seed,
+            max_epochs=args.max_epochs, opset=args.opset, variant=args.variant or "qat_int8",
+        )
+        with _tracker(args, "quantize") as tracker:
+            return _finish(qat(args.model, args.data, args.recipe, args.out, config, recipe_args=args.recipe_args,
+                               tracker=tracker, teacher=args.teacher, resume=args.resume))
     if args.recipe and args.method == "ptq":
         raise SparsepipeError(
             f"--recipe {args.recipe} is for --method qat (a recipe's QuantizationModifier); PTQ takes no recipe. "
@@ -261,16 +271,24 @@ def build_parser() -> argparse.ArgumentParser:
     _out_arg(p, "runs/export")
     _tracking_args(p)
 
-    p = _add(sub, "quantize", cmd_quantize, "INT8 ONNX by PTQ (QAT later)",
-             "Quantize a checkpoint or FP32 ONNX to a QDQ INT8 ONNX that onnxruntime runs with integer kernels "
-             "(PTQ: calibrated on a sample of the train split); writes model_int8.onnx and its mAP. See docs/quantize.md.")
+    p = _add(sub, "quantize", cmd_quantize, "INT8 ONNX by PTQ or recipe QAT",
+             "Quantize to a QDQ INT8 ONNX that onnxruntime runs with integer kernels: PTQ calibrates a checkpoint or "
+             "FP32 ONNX on a sample of the train split; QAT trains a checkpoint under a recipe's QuantizationModifier. "
+             "Writes model_int8.onnx and its mAP. See docs/quantize.md and docs/qat.md.")
     from sparsepipe.quantize import QuantizeConfig
 
     qdefaults = QuantizeConfig()
-    p.add_argument("--method", default="ptq", choices=["ptq", "qat"], help="ptq (calibrated static INT8); qat is not available yet")
+    p.add_argument("--method", default="ptq", choices=["ptq", "qat"], help="ptq (calibrated static INT8) or qat (recipe training)")
     p.add_argument("--model", required=True, help=".pt / FP32 .onnx, or the --out folder of train, sparsify or export")
     p.add_argument("--data", default="synthetic", help=DATA_HELP + " (its train split calibrates)")
-    p.add_argument("--recipe", default=None, help="QAT recipe with a QuantizationModifier (for --method qat; not available yet)")
+    p.add_argument("--recipe", default=None, help="QAT recipe with a QuantizationModifier (--method qat)")
+    p.add_argument("--recipe-args", default=None, help="QAT: override recipe variables (JSON or k=v,k2=v2)")
+    p.add_argument("--teacher", default=None, help="QAT: distillation teacher (checkpoint, models:/..., or self)")
+    p.add_argument("--resume", action="store_true", help="QAT: continue an interrupted run in the same --out folder")
+    p.add_argument("--max-epochs", type=int, default=None, help="QAT: refuse recipes needing more epochs")
+    p.add_argument("--batch", type=int, default=16, help="QAT: training batch size")
+    p.add_argument("--device", default="cpu", help="QAT: cpu, 0, or 0,1")
+    p.add_argument("--workers", type=int, default=2, help="QAT: data-loader workers")
     p.add_argument("--imgsz", type=int, default=None, help="input size (default: the ONNX's static size; 320 when exporting a .pt)")
     p.add_argument("--calibration-images", type=int, default=qdefaults.calibration_images, help="train images sampled for calibration")
     p.add_argument("--calibration-method", default=qdefaults.calibration_method, choices=["minmax", "entropy", "percentile"],

@@ -75,6 +75,12 @@ def export_onnx(model: str, out: str | Path, config: ExportConfig | None = None,
             f"Export needs a PyTorch checkpoint (.pt), got '{model}'. Point --model at a .pt file or "
             f"at the out folder of a train or sparsify step."
         )
+    if _is_qat_checkpoint(source):
+        # A QAT checkpoint exports as INT8 QDQ (fake-quant modules converted first).
+        from sparsepipe.qat import export_int8_onnx
+
+        target = export_int8_onnx(source, out / "model.onnx", config.imgsz, config.opset)
+        return _publish(target, model, variant, config, tracker, out)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:
         staged = staging / "model.pt"
@@ -96,6 +102,18 @@ def export_onnx(model: str, out: str | Path, config: ExportConfig | None = None,
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
+    return _publish(target, model, variant, config, tracker, out)
+
+
+def _is_qat_checkpoint(path: Path) -> bool:
+    """Whether a .pt holds a model prepared for QAT (recorded in its recipe state)."""
+    from sparsepipe.recipe_session import checkpoint_state
+
+    state = checkpoint_state(path) or {}
+    return bool(state.get("qat_prepared"))
+
+
+def _publish(target: Path, model: str, variant: str, config: ExportConfig, tracker: Any, out: Path) -> StepResult:
     metrics = {**file_sizes(target), "params": float(onnx_param_count(target))}
     result = StepResult(
         step="export",

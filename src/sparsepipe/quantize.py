@@ -22,7 +22,7 @@ The written ``model_int8.onnx`` uses only the default ONNX domain at the FP32 fi
 too) and carries ultralytics' metadata, so ``YOLO("model_int8.onnx").val()`` works. Its mAP is
 measured through the file itself (:func:`sparsepipe.evaluate.evaluate`).
 
-QAT (``--method qat``) is not available yet; it raises a clear error.
+QAT (``--method qat``) is :func:`sparsepipe.qat.qat`; this module is PTQ only.
 """
 
 from __future__ import annotations
@@ -64,9 +64,9 @@ DEFAULT_IMGSZ = 320  # export size for .pt inputs when imgsz is None (the export
 
 @dataclasses.dataclass
 class QuantizeConfig:
-    """Settings of the quantize step (PTQ; QAT is not available yet)."""
+    """Settings of the PTQ quantize step (QAT: :class:`sparsepipe.qat.QATConfig`)."""
 
-    method: str = "ptq"  # ptq (calibrated static INT8 of the FP32 ONNX) | qat (not available yet)
+    method: str = "ptq"  # ptq (calibrated static INT8 of the FP32 ONNX); qat runs through sparsepipe.qat
     calibration_images: int = 64  # train images sampled (deterministically, by seed) for calibration
     calibration_method: str = "minmax"  # minmax | entropy | percentile: how activation ranges are picked
     percentile: float = 99.999  # percentile of |activation| kept by calibration_method=percentile
@@ -384,9 +384,9 @@ def quantize(model: str, data: str, out: str | Path, config: QuantizeConfig | No
     config = config or QuantizeConfig()
     if config.method == "qat":
         raise SparsepipeError(
-            "Quantization-aware training (--method qat) is not available yet in this release; it will run "
-            "a recipe's QuantizationModifier inside training. Use --method ptq (calibrated post-training "
-            "quantization of the FP32 ONNX) for now."
+            "Quantization-aware training needs a recipe and training settings: call "
+            "sparsepipe.qat.qat(model, data, recipe, out, QATConfig(...)) or run "
+            "`sparsepipe quantize --method qat --recipe RECIPE ...`; quantize() itself does PTQ."
         )
     tracker = tracker or Tracker()
     out = begin_step(out)
