@@ -35,7 +35,7 @@ def test_demo_runs_every_step_and_tracks_parent_and_variant(tmp_path, monkeypatc
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and sorted(r.info.run_name for r in children) == ["baseline", "pruned50"]
+    assert len(parents) == 1 and sorted(r.info.run_name for r in children) == ["baseline", "pruned50", "pruned50-int8"]
     parent = parents[0]
     child = next(r for r in children if r.info.run_name == "baseline")
     pruned = next(r for r in children if r.info.run_name == "pruned50")
@@ -48,6 +48,10 @@ def test_demo_runs_every_step_and_tracks_parent_and_variant(tmp_path, monkeypatc
 
     # Same metric names for every variant, so the MLflow compare view lines up.
     assert STANDARD_METRICS | {"speedup_vs_baseline"} <= set(pruned.data.metrics)
+    int8 = next(r for r in children if r.info.run_name == "pruned50-int8")
+    assert STANDARD_METRICS | {"speedup_vs_baseline", "int8_conv_nodes"} <= set(int8.data.metrics)
+    assert int8.data.metrics["size_mb"] < pruned.data.metrics["size_mb"] / 2
+    assert "pruned50-int8" in result.extra["table"]
     # The pruned variant logs overall and per-layer sparsity and the LR every epoch.
     assert [m.step for m in client.get_metric_history(pruned.info.run_id, "sparsity")] == [1, 2]
     assert client.get_metric_history(pruned.info.run_id, "sparsity")[-1].value == pytest.approx(0.5, abs=1e-4)

@@ -213,12 +213,11 @@ def _measure(runners: list[Any], config: BenchmarkConfig) -> list[list[float]]:
 
 def _onnx_path(model: str) -> tuple[Path, str]:
     from sparsepipe.models import resolve_model_path
-    from sparsepipe.results import read_result
+    from sparsepipe.results import inherited_variant, produced_file
 
-    variant = ""
-    if Path(model).is_dir():
-        variant = read_result(model).variant
-    path = Path(resolve_model_path(model))
+    variant = inherited_variant(model)
+    # A quantize step's folder also holds weights / an FP32 file: time the INT8 one.
+    path = produced_file(model, ("int8_onnx", "onnx")) or Path(resolve_model_path(model))
     if path.suffix != ".onnx":
         raise ModelError(
             f"The benchmark runs ONNX models; '{model}' is not one. Run `sparsepipe export` first and "

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsepipe.errors import ConfigError
-from sparsepipe.results import StepResult, atomic_write_text, begin_step, inherited_variant
+from sparsepipe.results import StepResult, atomic_write_text, begin_step, inherited_variant, produced_file
 
 
 @dataclasses.dataclass
@@ -69,7 +69,8 @@ def evaluate(model: str, data: str, out: str | Path, config: EvaluateConfig | No
     out = begin_step(out)
 
     variant = inherited_variant(model, config.variant)
-    path = Path(resolve_model_path(model))
+    # Of a step folder, evaluate the deployable file: INT8 ONNX, else ONNX, else the checkpoint.
+    path = produced_file(model, ("int8_onnx", "onnx", "weights")) or Path(resolve_model_path(model))
     data_yaml = resolve_data(data)
     imgsz = config.imgsz
     if imgsz is None:

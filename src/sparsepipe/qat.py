@@ -723,6 +723,7 @@ def qat(model: str, data: str, recipe: str | None, out: str | Path, config: QATC
         **file_sizes(target),
         "int8_conv_nodes": float(graph["int8_conv_nodes"]),
         "float_conv_nodes": float(graph["float_conv_nodes"]),
+        "params": trained.metrics.get("params", math.nan),
         "stray_dq_conv": float(len(graph["stray_dq_conv"])),
         **{k: v for k, v in evaluated.metrics.items() if k in ("map50", "map50_95", "mask_map50", "mask_map50_95")},
         "fake_quant_map50_95": trained.metrics.get("map50_95", math.nan),

@@ -36,6 +36,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from sparsepipe.errors import ConfigError, DataError, ModelError, SparsepipeError
+from sparsepipe.export import onnx_param_count
 from sparsepipe.results import StepResult, atomic_write_with, begin_step, inherited_variant
 from sparsepipe.sizes import file_sizes
 
@@ -476,6 +477,7 @@ def quantize(model: str, data: str, out: str | Path, config: QuantizeConfig | No
     counts = conv_kernel_counts(optimized_graph(target))
     metrics: dict[str, float] = {**file_sizes(target), **{k: float(v) for k, v in counts.items()}}
     metrics["fp32_size_mb"] = file_sizes(fp32)["size_mb"]
+    metrics["params"] = float(onnx_param_count(fp32))  # same weights; the INT8 file also stores scales
     metrics["calibration_images"] = float(len(images))
     files = {"int8_onnx": str(target), "fp32_onnx": str(fp32)}
     if config.evaluate:

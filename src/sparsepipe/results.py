@@ -161,6 +161,21 @@ class StepResult:
         return atomic_write_text(Path(self.out_dir) / RESULT_FILE, text)
 
 
+def produced_file(location: str | os.PathLike, roles: tuple[str, ...]) -> Path | None:
+    """The first of ``roles`` produced by the step whose out folder is ``location`` (else None).
+
+    Lets a step say which file of an earlier step it wants, e.g. ``("int8_onnx", "onnx")``
+    for a benchmark of a quantize folder that also holds ``weights`` and ``fp32_onnx``.
+    """
+    if not Path(location).is_dir() or not (Path(location) / RESULT_FILE).is_file():
+        return None
+    result = read_result(location)
+    for role in roles:
+        if role in result.files:
+            return result.path(role)
+    return None
+
+
 def read_result(location: str | os.PathLike) -> StepResult:
     """Read a step's ``result.json`` from its out dir (or the file itself)."""
     path = Path(location)
