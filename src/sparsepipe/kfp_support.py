@@ -259,9 +259,33 @@ def _int(value: Any) -> Any:
     return value
 
 
+def _check_publish_root(ctx: RunContext) -> None:
+    """Fail before the step's work when its outputs could not be published (server, credentials, bucket).
+
+    SeaweedFS creates a missing bucket on the first PUT; AWS and MinIO refuse it. Either way a
+    typo in ``publish_root`` is an error here, not a new bucket.
+    """
+    from sparsepipe import storage
+
+    if not storage.is_s3_uri(ctx.publish_root):
+        return
+    bucket, _ = storage.split_s3_uri(ctx.publish_root)
+    client = storage.get_client()
+    try:
+        client.head_bucket(Bucket=bucket)
+    except Exception as exc:  # noqa: BLE001 - turned into a StorageError that says what to fix
+        if storage._error_code(exc) in ("404", "NoSuchBucket", "NotFound"):
+            raise storage.StorageError(
+                f"Cannot publish to {ctx.publish_root}: bucket '{bucket}' does not exist on "
+                f"{storage._endpoint_name(client)}. Create it or fix the publish_root parameter."
+            ) from None
+        raise storage._storage_error(exc, ctx.publish_root, "publish to", client) from None
+
+
 def _run(step: str, variant: str, context: str, call: Any) -> StepResult:
     ctx = RunContext.from_json(context)
     ctx.apply_env()
+    _check_publish_root(ctx)
     # models:/ inputs resolve against the run's MLflow server (sparsepipe.registry reads the env).
     registry = {"MLFLOW_TRACKING_URI": ctx.tracking_uri} if ctx.tracking_uri and not os.environ.get(
         "MLFLOW_TRACKING_URI") else {}
