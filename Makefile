@@ -71,17 +71,17 @@ compile: $(STAMP) ## compile the Kubeflow pipelines into pipelines/compiled/*.ya
 	$(BIN)/python -m pipelines.compile
 
 pipeline-local: $(STAMP) ## main pipeline through kfp.local with a local SeaweedFS + MLflow (started, then stopped)
-	$(BIN)/python -m pipelines.run_local --out $(RUNS)/kfp-local --model $(MODEL) --data $(DATA) --epochs $(EPOCHS) --imgsz $(IMGSZ) --threads $(THREADS)
+	$(BIN)/python -m pipelines.run_local --out $(RUNS)/kfp-local --model $(MODEL) --data $(DATA) --epochs $(EPOCHS) --imgsz $(IMGSZ) --threads $(THREADS) --recipe $(RECIPE) --recipe-args '$(RECIPE_ARGS)'
 
 submit: $(STAMP) ## submit the main pipeline: make submit KFP_HOST=http://localhost:8080
 	@test -n "$(KFP_HOST)" || { echo "error: set KFP_HOST, e.g. make submit KFP_HOST=http://localhost:8080"; exit 2; }
 	$(BIN)/python -m pipelines.compile --check
-	$(BIN)/python -m pipelines.submit --host $(KFP_HOST) --pipeline main --param model=$(MODEL) --param data_source=$(DATA) --param epochs=$(EPOCHS) --param imgsz=$(IMGSZ) --param benchmark_threads=$(THREADS)
+	$(BIN)/python -m pipelines.submit --host $(KFP_HOST) --pipeline main --param model=$(MODEL) --param data_source=$(DATA) --param epochs=$(EPOCHS) --param imgsz=$(IMGSZ) --param benchmark_threads=$(THREADS) --param recipe=$(RECIPE) --param recipe_args='$(RECIPE_ARGS)'
 
 sweep: $(STAMP) ## submit the sweep pipeline: make sweep KFP_HOST=http://localhost:8080
 	@test -n "$(KFP_HOST)" || { echo "error: set KFP_HOST, e.g. make sweep KFP_HOST=http://localhost:8080"; exit 2; }
 	$(BIN)/python -m pipelines.compile --check
-	$(BIN)/python -m pipelines.submit --host $(KFP_HOST) --pipeline sweep --param data_source=$(DATA) --param epochs=$(EPOCHS) --param benchmark_threads=$(THREADS)
+	$(BIN)/python -m pipelines.submit --host $(KFP_HOST) --pipeline sweep --param model=$(MODEL) --param data_source=$(DATA) --param epochs=$(EPOCHS) --param imgsz=$(IMGSZ) --param benchmark_threads=$(THREADS)
 
 images: ## build sparsepipe-{cpu,cuda,deepsparse}:<version> with docker/podman/buildah (offline: BASE_IMAGE=localhost/sparsepipe-base:bookworm HOST_PIP=1)
 	$(PYTHON) images/build.py build all

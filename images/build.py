@@ -177,6 +177,7 @@ def stage_context(dest: Path) -> Path:
         shutil.copy2(ROOT / item, dest / item)
     shutil.copytree(ROOT / "src", dest / "src", ignore=ignore)
     shutil.copytree(ROOT / "images", dest / "images", ignore=ignore)
+    shutil.copytree(ROOT / "recipes", dest / "recipes", ignore=ignore)
     return dest
 
 

@@ -22,6 +22,9 @@ def main(argv=None) -> int:
     parser.add_argument("--imgsz", type=int, default=160)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=50)
+    parser.add_argument("--recipe", default="recipes/yolov8n-pruned50.yaml", help="pruning recipe of the pruned variant")
+    parser.add_argument("--recipe-args", default="num_epochs=10,pruning_start_epoch=0,pruning_end_epoch=6",
+                        help="recipe overrides (k=v,...); the default shortens pruned50 for a local run")
     parser.add_argument("--experiment", default="sparsepipe-kfp-local")
     args = parser.parse_args(argv)
 
@@ -35,6 +38,7 @@ def main(argv=None) -> int:
         os.environ.update({k: v for k, v in env.items() if k != "SPARSEPIPE_LOCAL_BUCKET"})
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "kfp-root"))
         main_pipeline(model=args.model, data_source=args.data, epochs=args.epochs, imgsz=args.imgsz,
+                      recipe=args.recipe, recipe_args=args.recipe_args,
                       batch=16, workers=0, benchmark_threads=args.threads, benchmark_iterations=args.iterations,
                       mlflow_tracking_uri=env["MLFLOW_TRACKING_URI"], mlflow_experiment=args.experiment,
                       publish_root=f"s3://{env['SPARSEPIPE_LOCAL_BUCKET']}/runs",

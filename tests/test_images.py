@@ -160,8 +160,8 @@ def test_no_credentials_datasets_or_host_pip_config(dockerfile):
         if keyword in ("COPY", "ADD"):
             sources = [s for s in shlex.split(rest) if not s.startswith("--")][:-1]
             for source in sources:
-                assert source in ("pyproject.toml", "README.md", "src") or source.startswith("images/"), \
-                    f"{path}: {keyword} {source} (only the package and images/ may enter an image)"
+                assert source in ("pyproject.toml", "README.md", "src", "recipes") or source.startswith("images/"), \
+                    f"{path}: {keyword} {source} (only the package, its recipes and images/ may enter an image)"
     assert "ADD " not in text, f"{path}: use COPY (ADD fetches URLs and unpacks archives)"
     assert not re.search(r"pip\.conf|\.netrc|\.aws|\.env\b|id_rsa|\.pem\b", text), f"{path} copies a config or key"
 
@@ -323,7 +323,7 @@ def test_engine_choice(monkeypatch):
 
 def test_staged_context_holds_only_the_package_and_images(tmp_path):
     build.stage_context(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "images", "pyproject.toml", "src"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "images", "pyproject.toml", "recipes", "src"]
     assert not list(tmp_path.rglob("__pycache__")) and not list(tmp_path.rglob("*.egg-info"))
 
 

@@ -25,6 +25,7 @@ COLUMNS = (
     ("map50_95", "mAP50-95", "{:.4f}"),
     ("map50", "mAP50", "{:.4f}"),
     ("params", "params", "{:,.0f}"),
+    ("sparsity", "sparsity", "{:.2f}"),
     ("size_mb", "size MB", "{:.2f}"),
     ("size_gz_mb", "gzip MB", "{:.2f}"),
     ("latency_ms_p50", "p50 ms", "{:.2f}"),
