@@ -327,3 +327,37 @@ def test_publish_local_and_s3(s3_env: S3Server, tmp_path: Path) -> None:
 
     with pytest.raises(StorageError, match="does not exist"):
         storage.publish(tmp_path / "missing", f"{base}/x")
+
+
+def test_checksums_are_recorded_and_verified(s3_env: S3Server, tmp_path: Path) -> None:
+    import hashlib
+
+    src = tmp_path / "train"
+    files = _make_tree(src)
+    uri = storage.upload_dir(src, f"s3://{s3_env.bucket}/sums-{_uid()}/train")
+    bucket, prefix = storage.split_s3_uri(uri)
+    client = s3_env.client()
+    manifest = json.loads(client.get_object(Bucket=bucket, Key=f"{prefix}/{storage.MANIFEST_NAME}")["Body"].read())
+    assert manifest["sha256"] == {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}
+
+    # Same size, different bytes (bit rot or an overwrite): the size check passes, the checksum does not.
+    corrupted = bytearray(files["weights/best.pt"])
+    corrupted[100] ^= 0xFF
+    client.put_object(Bucket=bucket, Key=f"{prefix}/weights/best.pt", Body=bytes(corrupted))
+    dest = tmp_path / "copy"
+    with pytest.raises(StorageError, match="Checksum mismatch.*best.pt"):
+        storage.download_prefix(uri, dest)
+    assert not dest.exists() and _leftovers(tmp_path) == []
+
+    # Single files carry their checksum as object metadata.
+    one = tmp_path / "model.onnx"
+    one.write_bytes(os.urandom(2048))
+    file_uri = storage.upload_file(one, f"s3://{s3_env.bucket}/sums-{_uid()}/model.onnx")
+    _, key = storage.split_s3_uri(file_uri)
+    head = client.head_object(Bucket=bucket, Key=key)
+    assert head["Metadata"][storage.SHA256_METADATA] == hashlib.sha256(one.read_bytes()).hexdigest()
+    assert storage.download_file(file_uri, tmp_path / "back.onnx").read_bytes() == one.read_bytes()
+    client.put_object(Bucket=bucket, Key=key, Body=b"x" * 2048, Metadata=head["Metadata"])
+    with pytest.raises(StorageError, match="Checksum mismatch"):
+        storage.download_file(file_uri, tmp_path / "bad.onnx")
+    assert not (tmp_path / "bad.onnx").exists()

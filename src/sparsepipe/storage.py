@@ -413,6 +413,28 @@ def _replace_dir(tmp: Path, dest: Path) -> None:
         os.replace(tmp, dest)
 
 
+SHA256_METADATA = "sha256"  # object metadata key holding the hex SHA-256 of the uploaded bytes
+
+
+def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a local file, streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify(local: Path, expected: str | None, uri: str) -> None:
+    """Raise if ``local``'s SHA-256 differs from the one recorded at upload (None: not recorded)."""
+    if expected and file_sha256(local) != expected:
+        raise StorageError(
+            f"Checksum mismatch for {uri}: the downloaded bytes' SHA-256 differs from the one "
+            "recorded when it was uploaded, so the object was corrupted or changed afterwards. "
+            "Nothing was written at the destination; re-upload it (re-run the step that wrote it)."
+        )
+
+
 def _get_to_file(client: Any, bucket: str, key: str, target: Path, callback: Any) -> None:
     with open(target, "wb") as handle:
         client.download_fileobj(bucket, key, handle, Callback=callback)
@@ -446,10 +468,14 @@ def download_file(uri: str, dest: Path, *, client: Any = None) -> Path:
         raise _storage_error(exc, str(dest), "create the download target", None) from None
     tmp = Path(tmp_name)
     try:
+        expected = (client.head_object(Bucket=bucket, Key=key).get("Metadata") or {}).get(SHA256_METADATA)
         _get_to_file(client, bucket, key, tmp, None)
+        _verify(tmp, expected, uri)
         os.replace(tmp, dest)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, StorageError):
+            raise
         if isinstance(exc, Exception):
             raise _storage_error(exc, uri, "download", client) from None
         raise
@@ -564,11 +590,22 @@ def download_prefix(
     client = get_client(client)
     prefix = _prefix_of(key)
     files, _ = _plan_prefix(client, bucket, prefix, uri, require_manifest=require_manifest)
-    return _download_planned(client, bucket, prefix, files, Path(dest_dir), uri)
+    checksums = _manifest_checksums(client, bucket, prefix, uri, files)
+    return _download_planned(client, bucket, prefix, files, Path(dest_dir), uri, checksums)
+
+
+def _manifest_checksums(client: Any, bucket: str, prefix: str, uri: str, files: list[dict[str, Any]]) -> dict[str, str]:
+    """``{relative path: sha256}`` from the folder's manifest ({} for foreign or older uploads)."""
+    if not any(o["Key"] == prefix + MANIFEST_NAME for o in _list_objects(client, bucket, prefix + MANIFEST_NAME, uri)):
+        return {}
+    manifest = _read_json_object(client, bucket, prefix + MANIFEST_NAME, uri)
+    sums = manifest.get("sha256")
+    return dict(sums) if isinstance(sums, dict) else {}
 
 
 def _download_planned(
-    client: Any, bucket: str, prefix: str, files: list[dict[str, Any]], dest_dir: Path, uri: str
+    client: Any, bucket: str, prefix: str, files: list[dict[str, Any]], dest_dir: Path, uri: str,
+    checksums: dict[str, str] | None = None,
 ) -> Path:
     targets = []
     for obj in files:
@@ -589,9 +626,12 @@ def _download_planned(
                 local = tmp / target.relative_to(dest_dir)
                 local.parent.mkdir(parents=True, exist_ok=True)
                 _get_to_file(client, bucket, obj["Key"], local, callback)
+                _verify(local, (checksums or {}).get(obj["Key"][len(prefix):]), current)
         _replace_dir(tmp, dest_dir)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, StorageError):
+            raise
         if isinstance(exc, Exception):
             raise _storage_error(exc, current, "download", client) from None
         raise
@@ -620,7 +660,7 @@ def upload_file(path: str | os.PathLike[str], uri: str, *, client: Any = None) -
     client = get_client(client)
     target = _join_uri(bucket, key)
     try:
-        client.upload_file(str(path), bucket, key)
+        client.upload_file(str(path), bucket, key, ExtraArgs={"Metadata": {SHA256_METADATA: file_sha256(path)}})
     except Exception as exc:  # noqa: BLE001
         raise _storage_error(exc, target, "upload to", client) from None
     log.debug("uploaded %s -> %s", path, target)
@@ -653,7 +693,7 @@ def upload_dir(local_dir: str | os.PathLike[str], uri: str, *, client: Any = Non
     """Upload a folder under the prefix ``uri`` ("upload then commit"); return the prefix URI.
 
     Order: an ``_UPLOADING`` marker, the old ``_SUCCESS`` removed, every file, a new
-    ``_SUCCESS`` manifest (relative paths and sizes) LAST, then the marker removed. A reader
+    ``_SUCCESS`` manifest (relative paths, sizes and SHA-256s) LAST, then the marker removed. A reader
     (``download_prefix``) therefore sees either a committed folder or a refused partial one.
     """
     local_dir = Path(local_dir)
@@ -682,16 +722,20 @@ def upload_dir(local_dir: str | os.PathLike[str], uri: str, *, client: Any = Non
         client.put_object(Bucket=bucket, Key=prefix + UPLOADING_NAME, Body=marker.encode())
         current = _join_uri(bucket, prefix + MANIFEST_NAME)
         client.delete_object(Bucket=bucket, Key=prefix + MANIFEST_NAME)
+        sums = {}
         with _progress(total, len(files), f"upload {base}") as callback:
             for rel, path, _ in files:
                 current = _join_uri(bucket, prefix + rel)
-                client.upload_file(str(path), bucket, prefix + rel, Callback=callback)
+                sums[rel] = file_sha256(path)
+                client.upload_file(str(path), bucket, prefix + rel, Callback=callback,
+                                   ExtraArgs={"Metadata": {SHA256_METADATA: sums[rel]}})
         manifest = {
             "format": MANIFEST_FORMAT,
             "upload_id": upload_id,
             "started": started,
             "committed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "files": {rel: size for rel, _, size in files},
+            "sha256": sums,  # verified by download_prefix / download_file
         }
         current = _join_uri(bucket, prefix + MANIFEST_NAME)
         client.put_object(
