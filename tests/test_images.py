@@ -369,6 +369,8 @@ def test_cpu_image_builds_and_runs_the_steps(tmp_path):
         return done.stdout + done.stderr
 
     assert "usage: sparsepipe" in sparsepipe("--help")
+    # the shipped recipes are in the image where pipelines look for them
+    assert "total epochs: 100" in sparsepipe("recipe", "validate", "/opt/sparsepipe/recipes/yolov8n-pruned50.yaml")
     sparsepipe("data", "--source", "synthetic:train=8,val=4,size=96", "--out", "/work/data")
     sparsepipe("train", "--model", "yolov8n.yaml", "--data", "/work/data", "--epochs", "1", "--imgsz", "64",
                "--batch", "4", "--workers", "0", "--no-track", "--out", "/work/train")
