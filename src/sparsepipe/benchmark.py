@@ -11,7 +11,13 @@ printed ratios, never from timed assertions in tests.
 
 Engines: ``onnxruntime`` (CPU execution provider, all graph optimizations) and, when the
 ``openvino`` package imports, ``openvino`` (reads the same ONNX file, QDQ INT8 included, and
-compiles it for the CPU with a latency hint; nothing is re-quantized).
+compiles it for the CPU with a latency hint; nothing is re-quantized), and, when its own venv
+exists (``make deepsparse-env``), ``deepsparse`` (DeepSparse 1.8 in a worker subprocess, see
+:mod:`sparsepipe.deepsparse_engine`; community licence, non-production).
+
+``--engine`` takes a comma list (``deepsparse,onnxruntime``): the model (and the baseline) are
+then timed on every listed engine, all interleaved in the same rounds; the first engine's numbers
+are the step's metrics and ``speedup_vs_<engine>`` is the other engine's p50 / the first one's.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from sparsepipe.errors import ConfigError, ModelError
 from sparsepipe.results import StepResult
 
 def _available_engines() -> tuple[str, ...]:
+    from sparsepipe.deepsparse_engine import deepsparse_available
+
     engines = ["onnxruntime"]
     try:
         import openvino  # noqa: F401
@@ -34,6 +42,8 @@ def _available_engines() -> tuple[str, ...]:
         pass
     else:
         engines.append("openvino")
+    if deepsparse_available():  # its interpreter exists; deepsparse itself is never imported here
+        engines.append("deepsparse")
     return tuple(engines)
 
 
@@ -44,7 +54,7 @@ ENGINES = _available_engines()
 class BenchmarkConfig:
     """Settings of the benchmark step."""
 
-    engine: str = "onnxruntime"  # inference engine: onnxruntime, or openvino when installed
+    engine: str = "onnxruntime"  # engine(s): onnxruntime, openvino, deepsparse; a comma list times each
     batch: int = 1  # images per inference; must match a static ONNX batch
     imgsz: int | None = None  # pixels, only used for dynamic ONNX axes; None = 640
     threads: int = 1  # intra-op threads; pin to the CPUs you deploy on
@@ -56,9 +66,18 @@ class BenchmarkConfig:
     variant: str = ""  # variant name; default: the producing step's variant
 
     def __post_init__(self) -> None:
-        if self.engine not in ENGINES:
-            hint = " (install the openvino package for --engine openvino)" if self.engine == "openvino" else ""
-            raise ConfigError(f"engine={self.engine!r} is not available; choose one of {', '.join(ENGINES)}{hint}.")
+        names = self.engines
+        if not names or len(set(names)) != len(names):
+            raise ConfigError(f"engine={self.engine!r} must name one engine or a comma list of distinct engines.")
+        available = _available_engines() if "deepsparse" in names else ENGINES
+        for name in names:
+            if name not in available:
+                if name == "deepsparse":
+                    from sparsepipe.deepsparse_engine import require_deepsparse_python
+
+                    require_deepsparse_python()  # raises with the `make deepsparse-env` hint
+                hint = " (install the openvino package for --engine openvino)" if name == "openvino" else ""
+                raise ConfigError(f"engine={name!r} is not available; choose one of {', '.join(available)}{hint}.")
         for name in ("batch", "threads", "rounds"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -69,6 +88,12 @@ class BenchmarkConfig:
             raise ConfigError(f"iterations={self.iterations!r} must be positive (or set duration_s).")
         if self.duration_s is not None and self.duration_s <= 0:
             raise ConfigError(f"duration_s={self.duration_s!r} must be positive.")
+
+
+    @property
+    def engines(self) -> list[str]:
+        """The engines of ``engine`` (a name or a comma list), in order."""
+        return [name.strip() for name in str(self.engine).split(",") if name.strip()]
 
 
 def latency_stats(latencies_ms: list[float], batch: int) -> dict[str, float]:
@@ -180,7 +205,13 @@ class OpenVinoRunner:
         return (time.perf_counter_ns() - started) / 1e6
 
 
-RUNNERS = {"onnxruntime": OrtRunner, "openvino": OpenVinoRunner}
+def _deepsparse_runner(path: Path, config: BenchmarkConfig) -> Any:
+    from sparsepipe.deepsparse_engine import DeepSparseRunner
+
+    return DeepSparseRunner(path, config)
+
+
+RUNNERS = {"onnxruntime": OrtRunner, "openvino": OpenVinoRunner, "deepsparse": _deepsparse_runner}
 
 
 def _measure(runners: list[Any], config: BenchmarkConfig) -> list[list[float]]:
@@ -188,6 +219,10 @@ def _measure(runners: list[Any], config: BenchmarkConfig) -> list[list[float]]:
     from tqdm import tqdm
 
     for runner in runners:
+        if hasattr(runner, "run_many"):
+            if config.warmup:
+                runner.run_many(config.warmup)
+            continue
         for _ in range(config.warmup):
             runner()
     latencies: list[list[float]] = [[] for _ in runners]
@@ -205,8 +240,11 @@ def _measure(runners: list[Any], config: BenchmarkConfig) -> list[list[float]]:
         with tqdm(total=total, desc="benchmark", unit="it", leave=False) as bar:
             for _ in range(rounds):
                 for i, runner in enumerate(runners):
-                    for _ in range(per_round):
-                        latencies[i].append(runner())
+                    if hasattr(runner, "run_many"):  # out-of-process engine: one request per round
+                        latencies[i].extend(runner.run_many(per_round))
+                    else:
+                        for _ in range(per_round):
+                            latencies[i].append(runner())
                     bar.update(per_round)
     return latencies
 
@@ -245,21 +283,40 @@ def benchmark(
     (out / "result.json").unlink(missing_ok=True)
 
     path, variant = _onnx_path(model)
-    runner_cls = RUNNERS[config.engine]
-    runners = [runner_cls(path, config)]
-    base_path = None
-    if baseline:
-        base_path, _ = _onnx_path(baseline)
-        runners.append(runner_cls(base_path, config))
-    latencies = _measure(runners, config)
+    base_path = _onnx_path(baseline)[0] if baseline else None
+    models = [path] if base_path is None else [path, base_path]
+    runners: list[Any] = []
+    try:
+        for engine in config.engines:  # runners[k * len(models) + m]: engine k, model m
+            for model_path in models:
+                runners.append(RUNNERS[engine](model_path, config))
+        latencies = _measure(runners, config)
+    finally:
+        for runner in runners:
+            close = getattr(runner, "close", None)
+            if close is not None:
+                close()
 
     metrics = latency_stats(latencies[0], config.batch)
     metrics.update(file_sizes(path))
-    extra: dict[str, Any] = {"hardware": cpu_info(), "engines": engine_versions(), "input_shape": runners[0].input_shape}
+    versions = engine_versions()
+    for runner in runners:
+        if getattr(runner, "info", None) and "deepsparse" in runner.info:
+            versions["deepsparse"] = str(runner.info["deepsparse"])
+    extra: dict[str, Any] = {"hardware": cpu_info(), "engines": versions, "input_shape": runners[0].input_shape}
     if base_path is not None:
         base = latency_stats(latencies[1], config.batch)
         metrics["speedup_vs_baseline"] = round(base["latency_ms_p50"] / metrics["latency_ms_p50"], 4)
         extra["baseline"] = {"model": str(base_path), **base}
+    if len(config.engines) > 1:
+        extra["same_run_engines"] = {}
+        for k, engine in enumerate(config.engines[1:], start=1):
+            other = latency_stats(latencies[k * len(models)], config.batch)
+            entry: dict[str, Any] = {"model": other}
+            if base_path is not None:
+                entry["baseline"] = latency_stats(latencies[k * len(models) + 1], config.batch)
+            extra["same_run_engines"][engine] = entry
+            metrics[f"speedup_vs_{engine}"] = round(other["latency_ms_p50"] / metrics["latency_ms_p50"], 4)
     result = StepResult(
         step="benchmark",
         out_dir=str(out),
@@ -282,6 +339,10 @@ def format_table(result: StepResult) -> str:
     rows = [(result.variant, result.metrics)]
     if "baseline" in result.extra:
         rows.append(("baseline (same run)", result.extra["baseline"]))
+    for engine, entry in result.extra.get("same_run_engines", {}).items():
+        rows.append((f"{result.variant} @{engine}"[:21], entry["model"]))
+        if "baseline" in entry:
+            rows.append((f"baseline @{engine}"[:21], entry["baseline"]))
     hw = result.extra.get("hardware", {})
     header = f"{'model':<22}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'mean ms':>10}{'img/s':>10}"
     lines = [
@@ -297,4 +358,6 @@ def format_table(result: StepResult) -> str:
         )
     if "speedup_vs_baseline" in result.metrics:
         lines.append(f"speedup_vs_baseline: {result.metrics['speedup_vs_baseline']:.3f}x (ratio of p50s, one run)")
+    for engine in result.extra.get("same_run_engines", {}):
+        lines.append(f"speedup_vs_{engine}: {result.metrics[f'speedup_vs_{engine}']:.3f}x (its p50 / this p50, same run)")
     return "\n".join(lines)
