@@ -264,8 +264,9 @@ class DeepSparseRunner:
             code = None
         tail = self._stderr_tail()
         self.close()
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         return DeepSparseError(
-            f"The DeepSparse worker for '{self.path.name}' died while {doing} (exit code {code})."
+            f"The DeepSparse worker for '{self.path.name}' died while {doing} ({how})."
             + (f" Its stderr ends with:\n{tail}" if tail else " It wrote nothing to stderr.")
         )
 
