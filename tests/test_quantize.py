@@ -71,19 +71,26 @@ def test_result_files_sizes_and_metadata(ptq, trained):
 def test_head_output_convs_and_dfl_found_from_the_graph(ptq, trained):
     fp32 = onnx.load(str(trained.export_dir / "model.onnx"))
     assert sorted(head_float_nodes(fp32)) == YOLOV8N_HEAD
-    assert sorted(ptq.extra["float_nodes"]) == YOLOV8N_HEAD
+    # kept float: those convs and the head's decode after them (DFL, box arithmetic, class sigmoid)
+    floats = set(ptq.extra["float_nodes"])
+    assert set(YOLOV8N_HEAD) <= floats
+    assert all(name.startswith("/model.22/") for name in floats)
+    assert {"/model.22/Sigmoid", "/model.22/Concat_5"} & floats
 
 
 def test_optimized_graph_runs_integer_convs(ptq):
     """What onnxruntime actually runs: every Conv but the 7 float head convs became an integer
-    QLinearConv (DequantizeLinear -> Conv -> QuantizeLinear fused), and no float Conv reads a
+    QLinearConv (DequantizeLinear -> Conv -> QuantizeLinear fused), and no other float Conv reads a
     DequantizeLinear output (that pair would mean an int8 weight/activation dequantized back to
     float for a float conv: INT8 file size without INT8 speed)."""
     opt = optimized_graph(ptq.path("int8_onnx"))
     counts = conv_kernel_counts(opt)
     assert counts["int8_conv_nodes"] == ptq.metrics["int8_conv_nodes"] == 57  # YOLOv8n: 64 convs - 7
     assert counts["float_conv_nodes"] == ptq.metrics["float_conv_nodes"] == len(YOLOV8N_HEAD)
-    assert dq_fed_float_convs(opt) == []
+    # Only the head's output convs, kept float on purpose, may read a dequantized int8 tensor (their
+    # input is the int8 SiLU output of the conv before them); no conv on the hot path does.
+    head_prefixes = tuple(name.rsplit("/", 1)[0] + "/" for name in YOLOV8N_HEAD)
+    assert all(name.startswith(head_prefixes) for name in dq_fed_float_convs(opt)), dq_fed_float_convs(opt)
     # the QDQ file itself: a DequantizeLinear feeds every quantized Conv's weight
     model = onnx.load(str(ptq.path("int8_onnx")))
     producers = {o: n for n in model.graph.node for o in n.output}
