@@ -29,11 +29,7 @@ from __future__ import annotations
 import copy
 import copyreg
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,7 +44,6 @@ from sparsepipe.modifiers.distillation import (
 )
 
 TEACHER_SELF = "self"  # --teacher self: a frozen copy of the starting model
-REGISTRY_PREFIX = "models:/"  # --teacher models:/name/version or models:/name@alias
 DRY_RUN_IMGSZ = 64  # px of the dry forward pass that sizes projections and checks layer shapes
 SESSION_ATTR = "_sparsepipe_distill"  # where the student model keeps its (never copied) session link
 PROJECTION_CLIP = 10.0  # max grad norm of the projections, as ultralytics clips the model's
@@ -56,94 +51,6 @@ PROJECTION_SEED = 0  # projections are initialised from their own generator: rep
 
 
 # ---------------------------------------------------------------------------------- teacher
-def teacher_cache_dir() -> Path:
-    """``$SPARSEPIPE_CACHE/teachers`` when the variable is set, else ``~/.cache/sparsepipe/teachers``."""
-    root = os.environ.get("SPARSEPIPE_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "sparsepipe") / "teachers"
-
-
-def _parse_registry_uri(uri: str) -> tuple[str, str | None, str | None]:
-    spec = uri[len(REGISTRY_PREFIX):]
-    if "@" in spec:
-        name, _, alias = spec.rpartition("@")
-        if name and alias:
-            return name, None, alias
-    elif "/" in spec:
-        name, _, version = spec.rpartition("/")
-        if name and version.isdigit():
-            return name, version, None
-    raise SparsepipeError(
-        f"Teacher '{uri}' is not a model-registry URI sparsepipe understands: use "
-        f"models:/NAME/VERSION (e.g. models:/yolov8n-baseline/3) or models:/NAME@ALIAS "
-        f"(e.g. models:/yolov8n-baseline@champion)."
-    )
-
-
-def _pick_checkpoint(folder: Path, uri: str) -> Path:
-    found = sorted(p for p in folder.rglob("*.pt") if p.is_file())
-    if len(found) > 1:
-        for preferred in ("model.pt", "best.pt", "last.pt"):
-            named = [p for p in found if p.name == preferred]
-            if len(named) == 1:
-                return named[0]
-        raise SparsepipeError(
-            f"The registered model {uri} holds several checkpoints "
-            f"({', '.join(str(p.relative_to(folder)) for p in found)}) and none is named model.pt; "
-            f"register a version with a single .pt file."
-        )
-    if not found:
-        raise SparsepipeError(
-            f"The registered model {uri} has no .pt checkpoint among its artifacts; register the "
-            f"folder or file holding the ultralytics checkpoint (e.g. a sparsify/train model.pt)."
-        )
-    return found[0]
-
-
-def download_registered_model(uri: str, cache_dir: Path | None = None) -> Path:
-    """Download the artifacts of MLflow registry ``uri`` (once, cached) and return its ``.pt`` file.
-
-    The tracking/registry server is ``$MLFLOW_TRACKING_URI``.
-    """
-    name, version, alias = _parse_registry_uri(uri)
-    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if not tracking_uri:
-        raise SparsepipeError(
-            f"Teacher {uri} is a model-registry URI but MLFLOW_TRACKING_URI is not set; export "
-            f"MLFLOW_TRACKING_URI=http://HOST:PORT (the MLflow server holding the registry) or pass "
-            f"a checkpoint path."
-        )
-    import mlflow.artifacts
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    try:
-        mv = (client.get_model_version_by_alias(name, alias) if alias
-              else client.get_model_version(name, str(version)))
-    except MlflowException as exc:
-        raise SparsepipeError(
-            f"Teacher {uri}: the registry at {tracking_uri} has no such model version "
-            f"({exc.message.splitlines()[0] if exc.message else exc}). List versions in the MLflow "
-            f"UI (Models tab) and check the name, version or alias."
-        ) from None
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-    dest = (cache_dir or teacher_cache_dir()) / safe / f"v{mv.version}"
-    if not dest.is_dir():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-        try:
-            mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp),
-                                                tracking_uri=tracking_uri)
-            try:
-                tmp.rename(dest)  # atomic: a killed download never looks complete
-            except OSError:  # another process finished first
-                shutil.rmtree(tmp, ignore_errors=True)
-        except MlflowException as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise SparsepipeError(f"Teacher {uri}: could not download {mv.source}: {exc}") from None
-    return _pick_checkpoint(dest, uri)
-
-
 def resolve_teacher(teacher: str, yolo: Any) -> nn.Module:
     """The teacher as a frozen fp32 ``nn.Module`` (eval mode, no gradients, on the CPU).
 
@@ -156,9 +63,7 @@ def resolve_teacher(teacher: str, yolo: Any) -> nn.Module:
     teacher = str(teacher).strip()
     if teacher == TEACHER_SELF:
         model = copy.deepcopy(yolo.model)
-    elif teacher.startswith(REGISTRY_PREFIX):
-        model = load_yolo(str(download_registered_model(teacher))).model
-    else:
+    else:  # checkpoint, out folder, s3:// or models:/ (sparsepipe.registry resolves and caches it)
         model = load_yolo(teacher).model
     if not isinstance(model, nn.Module):
         raise SparsepipeError(f"Teacher '{teacher}' is not a PyTorch checkpoint (an ONNX file cannot teach).")
