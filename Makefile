@@ -17,7 +17,7 @@ RECIPE ?= recipes/yolov8n-pruned50.yaml
 RECIPE_ARGS ?= num_epochs=10,pruning_start_epoch=0,pruning_end_epoch=6
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-slow data baseline sparsify export evaluate benchmark report bench-sparsify compile pipeline-local submit sweep images push test-images lock mlflow-ui clean
+.PHONY: help setup demo test test-slow data baseline sparsify export evaluate benchmark report bench-sparsify compile pipeline-local submit sweep images push test-images lock deepsparse-env mlflow-ui clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -94,6 +94,14 @@ test-images: $(STAMP) ## build the CPU image and run data/train/export/benchmark
 
 lock: $(STAMP) ## after a dependency change: freeze .venv into images/constraints.txt + requirements.txt
 	$(BIN)/python images/lock.py
+
+deepsparse-env: ## optional DeepSparse 1.8 engine in its own venv .venv-deepsparse (community licence: non-production)
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; DeepSparse 1.8 needs Python 3.11 (make deepsparse-env PYTHON=/path/to/python3.11)"; exit 2; }
+	@test -x .venv-deepsparse/bin/python || $(PYTHON) -m venv .venv-deepsparse
+	.venv-deepsparse/bin/python -m pip install --quiet --upgrade pip
+	.venv-deepsparse/bin/python -m pip install --quiet -c images/deepsparse/constraints.txt deepsparse onnx numpy
+	.venv-deepsparse/bin/python -m pip check
+	.venv-deepsparse/bin/python -c "import deepsparse, onnx, numpy; print('deepsparse', deepsparse.__version__, 'onnx', onnx.__version__, 'numpy', numpy.__version__)"
 
 mlflow-ui: $(STAMP) ## open the local MLflow store (./mlruns) at http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
