@@ -17,7 +17,7 @@ RECIPE ?= recipes/yolov8n-pruned50.yaml
 RECIPE_ARGS ?= num_epochs=10,pruning_start_epoch=0,pruning_end_epoch=6
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-slow data baseline sparsify export evaluate benchmark report bench-sparsify compile pipeline-local submit sweep images push test-images lock deepsparse-env mlflow-ui clean
+.PHONY: help setup demo test test-slow data baseline sparsify export evaluate benchmark report bench-sparsify bench-quantize compile pipeline-local submit sweep images push test-images lock deepsparse-env mlflow-ui clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -66,6 +66,10 @@ report: $(STAMP) ## comparison table + plot of the steps above into runs/report
 
 bench-sparsify: $(STAMP) ## pruning benchmark (about 40 min on 2 cores): mAP and time/epoch of pruned50/75 vs plain
 	$(BIN)/python benchmarks/sparsify_bench.py --out $(RUNS)/bench-sparsify --epochs 60 --prune-epochs 30
+
+bench-quantize: $(STAMP) ## INT8/sparsity on every CPU engine vs ultralytics' own INT8 exports, one interleaved run (after bench-sparsify)
+	$(BIN)/python -m pip install --quiet -c images/constraints.txt -e '.[bench]'
+	$(BIN)/python benchmarks/quantize_bench.py --out $(RUNS)/bench-quantize
 
 compile: $(STAMP) ## compile the Kubeflow pipelines into pipelines/compiled/*.yaml (golden files)
 	$(BIN)/python -m pipelines.compile

@@ -1,0 +1,146 @@
+"""INT8 and sparsity on CPU engines, against what a user would pick: one interleaved run.
+
+    .venv/bin/python benchmarks/quantize_bench.py --out runs/bench-quantize      # or: make bench-quantize
+
+Variants of one trained YOLOv8n (default: the pruning benchmark's baseline and its pruned75,
+``make bench-sparsify`` first), each exported at every ``--sizes``:
+- ``fp32``: sparsepipe export of the dense baseline (the reference: onnxruntime FP32);
+- ``ptq``: sparsepipe PTQ INT8 of it;
+- ``pruned75``: FP32 export of the pruned model; ``pruned75-ptq``: its PTQ INT8;
+- ``pruned75-qat``: the pruned model fine-tuned with QAT (benchmarks/recipes/qat-finetune.yaml), INT8;
+- ``ultralytics-onnx-int8`` / ``ultralytics-openvino-int8``: ultralytics' own INT8 exports of the
+  baseline (``export(format=..., quantize=8)``), what a user would do without sparsepipe.
+Every ONNX variant runs on every available engine (onnxruntime, OpenVINO, DeepSparse when
+``make deepsparse-env`` was run); for each size and thread count all runners are timed in the
+same interleaved rounds. mAP50-95 of each file on the same val split. Prints a Markdown table
+with ``speedup_vs_ort_fp32`` and ``speedup_vs_ultralytics_ov_int8`` and writes it to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/bench-quantize")
+    parser.add_argument("--baseline", default="runs/bench-sparsify/baseline", help="dense checkpoint or train folder")
+    parser.add_argument("--pruned", default="runs/bench-sparsify/pruned75", help="pruned checkpoint or sparsify folder")
+    parser.add_argument("--data", default="runs/bench-sparsify/data", help="dataset SOURCE (val split for mAP, train for calibration)")
+    parser.add_argument("--sizes", default="320,640")
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--iterations", type=int, default=60, help="timed iterations per runner per size/threads")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--qat-imgsz", type=int, default=320)
+    args = parser.parse_args()
+
+    from ultralytics import YOLO
+
+    from sparsepipe.benchmark import RUNNERS, BenchmarkConfig, _available_engines, _measure, latency_stats
+    from sparsepipe.data import resolve_data
+    from sparsepipe.evaluate import EvaluateConfig, evaluate
+    from sparsepipe.export import ExportConfig, export_onnx
+    from sparsepipe.hardware import cpu_info
+    from sparsepipe.qat import QATConfig, qat
+    from sparsepipe.quantize import QuantizeConfig, quantize
+    from sparsepipe.results import atomic_write_text
+    from sparsepipe.sizes import file_sizes
+
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    threads = [int(t) for t in args.threads.split(",")]
+    data_yaml = str(resolve_data(args.data))
+    engines = list(_available_engines())
+    started = time.time()
+
+    qat_result = qat(args.pruned, args.data, "benchmarks/recipes/qat-finetune.yaml", out / "pruned75-qat-train",
+                     QATConfig(imgsz=args.qat_imgsz, plots=False, variant="pruned75-qat"))
+    qat_weights = str(qat_result.path("weights"))
+
+    files: dict[tuple[str, int], Path] = {}  # (variant, size) -> model file
+    for size in sizes:
+        d = out / str(size)
+        files[("fp32", size)] = export_onnx(args.baseline, d / "fp32", ExportConfig(imgsz=size)).path("onnx")
+        files[("ptq", size)] = quantize(str(d / "fp32"), args.data, d / "ptq", QuantizeConfig(evaluate=False)).path("int8_onnx")
+        files[("pruned75", size)] = export_onnx(args.pruned, d / "pruned75", ExportConfig(imgsz=size)).path("onnx")
+        files[("pruned75-ptq", size)] = quantize(str(d / "pruned75"), args.data, d / "pruned75-ptq",
+                                                 QuantizeConfig(evaluate=False)).path("int8_onnx")
+        files[("pruned75-qat", size)] = export_onnx(qat_weights, d / "pruned75-qat", ExportConfig(imgsz=size)).path("onnx")
+        baseline_pt = Path(args.baseline) / "model.pt" if Path(args.baseline).is_dir() else Path(args.baseline)
+        for fmt in ("onnx", "openvino"):
+            work = d / f"ultralytics-{fmt}-int8"
+            work.mkdir(parents=True, exist_ok=True)
+            staged = work / "model.pt"
+            staged.write_bytes(baseline_pt.read_bytes())
+            exported = Path(YOLO(str(staged)).export(format=fmt, quantize=8, data=data_yaml, imgsz=size, batch=1, device="cpu"))
+            if fmt == "openvino":
+                exported = next(exported.glob("*.xml"))  # the IR; its folder also holds metadata.yaml
+            files[(f"ultralytics-{fmt}-int8", size)] = exported
+
+    # Accuracy of each file, at its size, on the same val split.
+    accuracy: dict[tuple[str, int], float] = {}
+    for (variant, size), path in files.items():
+        model = str(path.parent) if path.suffix == ".xml" else str(path)
+        ev = evaluate(model, args.data, out / str(size) / f"eval-{variant}", EvaluateConfig(imgsz=size))
+        accuracy[(variant, size)] = ev.metrics["map50_95"]
+
+    # Latency: per size and thread count, every (variant, engine) in one interleaved run.
+    rows = []
+    for size in sizes:
+        for nthreads in threads:
+            config = BenchmarkConfig(threads=nthreads, iterations=args.iterations, rounds=args.rounds, warmup=5)
+            pairs, runners = [], []
+            for (variant, vsize), path in files.items():
+                if vsize != size:
+                    continue
+                for engine in engines:
+                    if path.suffix == ".xml" and engine != "openvino":
+                        continue  # an OpenVINO IR only runs on OpenVINO
+                    try:
+                        runners.append(RUNNERS[engine](path, config))
+                        pairs.append((variant, engine))
+                    except Exception as exc:  # noqa: BLE001 - an engine refusing a file is a result too
+                        print(f"skip {variant} on {engine} at {size}: {exc}", flush=True)
+            try:
+                latencies = _measure(runners, config)
+            finally:
+                for runner in runners:
+                    getattr(runner, "close", lambda: None)()
+            stats = {pair: latency_stats(lat, 1) for pair, lat in zip(pairs, latencies)}
+            ref = stats[("fp32", "onnxruntime")]["latency_ms_p50"]
+            ov_ref = stats.get(("ultralytics-openvino-int8", "openvino"), {}).get("latency_ms_p50")
+            for (variant, engine), s in stats.items():
+                path = files[(variant, size)]
+                size_file = path if path.suffix != ".xml" else path.with_suffix(".bin")
+                rows.append({
+                    "size": size, "threads": nthreads, "variant": variant, "engine": engine,
+                    "map50_95": accuracy[(variant, size)], "latency_ms_p50": s["latency_ms_p50"],
+                    "latency_ms_p90": s["latency_ms_p90"],
+                    "speedup_vs_ort_fp32": ref / s["latency_ms_p50"],
+                    "speedup_vs_ultralytics_ov_int8": (ov_ref / s["latency_ms_p50"]) if ov_ref else None,
+                    **file_sizes(size_file),
+                })
+
+    lines = ["| size | threads | variant | engine | mAP50-95 | p50 ms | vs ORT FP32 | vs ultralytics OV INT8 | size MB | gzip MB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        vs_ov = f"{r['speedup_vs_ultralytics_ov_int8']:.2f}x" if r["speedup_vs_ultralytics_ov_int8"] else "-"
+        lines.append(f"| {r['size']} | {r['threads']} | {r['variant']} | {r['engine']} | {r['map50_95']:.4f} | "
+                     f"{r['latency_ms_p50']:.2f} | {r['speedup_vs_ort_fp32']:.2f}x | {vs_ov} | {r['size_mb']:.2f} | {r['size_gz_mb']:.2f} |")
+    hw = cpu_info()
+    header = (f"Command: `.venv/bin/python benchmarks/quantize_bench.py --sizes {args.sizes} --threads {args.threads} "
+              f"--iterations {args.iterations} --rounds {args.rounds}`; engines {', '.join(engines)}; machine: "
+              f"{hw['cpu_model']}, {hw['usable_cores']} cores, INT8: {hw['int8_hint']}; {time.strftime('%Y-%m-%d')}; "
+              f"{(time.time() - started) / 60:.0f} min.")
+    table = header + "\n\n" + "\n".join(lines) + "\n"
+    print(table)
+    atomic_write_text(out / "quantize.md", table)
+    atomic_write_text(out / "quantize.json", json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
