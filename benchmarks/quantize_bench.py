@@ -46,7 +46,7 @@ def main() -> None:
     from sparsepipe.hardware import cpu_info
     from sparsepipe.qat import QATConfig, qat
     from sparsepipe.quantize import QuantizeConfig, quantize
-    from sparsepipe.results import atomic_write_text
+    from sparsepipe.results import atomic_write_text, read_result
     from sparsepipe.sizes import file_sizes
 
     out = Path(args.out).resolve()
@@ -57,8 +57,12 @@ def main() -> None:
     engines = list(_available_engines())
     started = time.time()
 
-    qat_result = qat(args.pruned, args.data, "benchmarks/recipes/qat-finetune.yaml", out / "pruned75-qat-train",
-                     QATConfig(imgsz=args.qat_imgsz, plots=False, variant="pruned75-qat"))
+    qat_out = out / "pruned75-qat-train"
+    if (qat_out / "result.json").is_file():  # a re-run reuses the finished QAT training
+        qat_result = read_result(qat_out)
+    else:
+        qat_result = qat(args.pruned, args.data, "benchmarks/recipes/qat-finetune.yaml", qat_out,
+                         QATConfig(imgsz=args.qat_imgsz, plots=False, variant="pruned75-qat"))
     qat_weights = str(qat_result.path("weights"))
 
     files: dict[tuple[str, int], Path] = {}  # (variant, size) -> model file
@@ -84,8 +88,12 @@ def main() -> None:
     # Accuracy of each file, at its size, on the same val split.
     accuracy: dict[tuple[str, int], float] = {}
     for (variant, size), path in files.items():
-        model = str(path.parent) if path.suffix == ".xml" else str(path)
-        ev = evaluate(model, args.data, out / str(size) / f"eval-{variant}", EvaluateConfig(imgsz=size))
+        if path.suffix == ".xml":  # an OpenVINO IR folder: ultralytics validates it directly
+            metrics = YOLO(str(path.parent), task="detect").val(data=data_yaml, imgsz=size, batch=1, plots=False,
+                                                                project=str(out / str(size)), name=f"eval-{variant}")
+            accuracy[(variant, size)] = float(metrics.box.map)
+            continue
+        ev = evaluate(str(path), args.data, out / str(size) / f"eval-{variant}", EvaluateConfig(imgsz=size))
         accuracy[(variant, size)] = ev.metrics["map50_95"]
 
     # Latency: per size and thread count, every (variant, engine) in one interleaved run.
