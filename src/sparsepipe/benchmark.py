@@ -112,6 +112,21 @@ def latency_stats(latencies_ms: list[float], batch: int) -> dict[str, float]:
     }
 
 
+def feed_shape(dims: list[int | None], config: BenchmarkConfig, path: Path) -> list[int]:
+    """The NCHW input to feed: static dims as they are, dynamic ones from the config
+    (batch, 3 channels, imgsz or 640); a static batch that differs from ``config.batch`` is an error."""
+    shape = [
+        dim if dim is not None else (config.batch if i == 0 else 3 if i == 1 else (config.imgsz or 640))
+        for i, dim in enumerate(dims)
+    ]
+    if shape[0] != config.batch:
+        raise ConfigError(
+            f"'{path.name}' has a static batch of {shape[0]} but batch={config.batch} was asked; "
+            f"re-export with --batch {config.batch} or --dynamic, or benchmark with --batch {shape[0]}."
+        )
+    return shape
+
+
 class OrtRunner:
     """An onnxruntime CPU session fed with a fixed random input."""
 
@@ -131,21 +146,7 @@ class OrtRunner:
                 f"`sparsepipe export` or `sparsepipe quantize`."
             ) from None
         meta = self.session.get_inputs()[0]
-        shape = []
-        for i, dim in enumerate(meta.shape):
-            if isinstance(dim, int):
-                shape.append(dim)
-            elif i == 0:
-                shape.append(config.batch)
-            elif i == 1:
-                shape.append(3)
-            else:
-                shape.append(config.imgsz or 640)
-        if shape[0] != config.batch:
-            raise ConfigError(
-                f"'{path.name}' has a static batch of {shape[0]} but batch={config.batch} was asked; "
-                f"re-export with --batch {config.batch} or --dynamic, or benchmark with --batch {shape[0]}."
-            )
+        shape = feed_shape([d if isinstance(d, int) else None for d in meta.shape], config, path)
         rng = np.random.default_rng(config.seed)
         self.feed = {meta.name: rng.random(shape, dtype=np.float32)}
         self.input_shape = shape
@@ -172,21 +173,7 @@ class OpenVinoRunner:
             ) from None
         port = model.inputs[0]
         pshape = port.get_partial_shape()
-        shape = []
-        for i, dim in enumerate(pshape):
-            if dim.is_static:
-                shape.append(dim.get_length())
-            elif i == 0:
-                shape.append(config.batch)
-            elif i == 1:
-                shape.append(3)
-            else:
-                shape.append(config.imgsz or 640)
-        if shape[0] != config.batch:
-            raise ConfigError(
-                f"'{path.name}' has a static batch of {shape[0]} but batch={config.batch} was asked; "
-                f"re-export with --batch {config.batch} or --dynamic, or benchmark with --batch {shape[0]}."
-            )
+        shape = feed_shape([d.get_length() if d.is_static else None for d in pshape], config, path)
         if pshape.is_dynamic:
             model.reshape({port.get_any_name(): ov.PartialShape(shape)})
         self.compiled = core.compile_model(
