@@ -181,8 +181,13 @@ class DistillationSession:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def create(cls, recipe: Any, yolo: Any, teacher: str | None, tracker: Any = None) -> DistillationSession:
-        """Resolve the teacher, check every layer pair, size the projections; all before training."""
+    def create(cls, recipe: Any, yolo: Any, teacher: str | None, tracker: Any = None,
+               teacher_model: nn.Module | None = None) -> DistillationSession:
+        """Resolve the teacher, check every layer pair, size the projections; all before training.
+
+        ``teacher_model``: the teacher already resolved from ``teacher`` (by :func:`resolve_teacher`),
+        so a caller that validated the recipe against it does not load it twice.
+        """
         modifiers = recipe.modifiers_of(*DISTILLATION_MODIFIERS)
         if not modifiers:
             raise SparsepipeError("the recipe has no distillation modifier: no DistillationSession needed")
@@ -192,7 +197,7 @@ class DistillationSession:
                 f"checkpoint path or step --out folder, a registry URI (models:/NAME/VERSION or "
                 f"models:/NAME@ALIAS), or 'self' (a frozen copy of the starting model)."
             )
-        teacher_model = resolve_teacher(teacher, yolo)
+        teacher_model = teacher_model if teacher_model is not None else resolve_teacher(teacher, yolo)
         projections = cls._plan(modifiers, yolo.model, teacher_model, teacher)
         return cls(recipe, teacher_model, projections, tracker)
 

@@ -168,12 +168,13 @@ def sparsify(
     validate_recipe(loaded, yolo.model, teacher=teacher_model)
     session = RecipeSession(loaded, args, tracker, resume_state=resume_state)
     distill = None
-    from sparsepipe.recipe.schedule import DISTILLATION_MODIFIERS
+    from sparsepipe.modifiers.distillation import DISTILLATION_MODIFIERS
 
     if loaded.modifiers_of(*DISTILLATION_MODIFIERS):
         from sparsepipe.distillation import DistillationSession
 
-        distill = DistillationSession.create(loaded, yolo, teacher, tracker)
+        # The teacher resolved above for validation is reused, not loaded (or deep-copied) again.
+        distill = DistillationSession.create(loaded, yolo, teacher, tracker, teacher_model=teacher_model)
     qat_controller = None
     if quant is not None:  # quantization-aware training: prepared model + schedule (sparsepipe.qat)
         from sparsepipe.qat import QATController
