@@ -76,12 +76,12 @@ def resolve_model_path(model: str, cache_dir: Path | None = None) -> str:
     path = Path(model).expanduser()
     if path.suffix in MODEL_SUFFIXES or path.is_file() or "/" in model:
         if path.is_dir():
-            from sparsepipe.results import read_result
+            from sparsepipe.results import produced_file, read_result
 
-            result = read_result(path)
-            for role in ("weights", "onnx", "int8_onnx"):
-                if role in result.files:
-                    return str(result.path(role))
+            found = produced_file(path, ("weights", "onnx", "int8_onnx"))
+            if found is not None:
+                return str(found)
+            result = read_result(path)  # a clear error when the folder holds no step result
             raise ModelError(
                 f"{path} holds a '{result.step}' result without a model file; point --model at the "
                 f"out folder of a train, sparsify, quantize or export step."
