@@ -76,3 +76,162 @@ def test_benchmark_config_validation():
         BenchmarkConfig(engine="tensorrt")
     with pytest.raises(ConfigError, match="threads"):
         BenchmarkConfig(threads=0)
+
+
+# ---------------------------------------------------------------- scenarios, sweeps, pinning, floor (issue 8)
+def test_async_scenario_keeps_streams_in_flight_on_both_engines(trained, tmp_path):
+    config = BenchmarkConfig(engine="onnxruntime,openvino", threads=2, scenario="async", streams=2,
+                             warmup=1, iterations=6, rounds=2)
+    result = benchmark(str(trained.export_dir), tmp_path / "a", config)
+    m = result.metrics
+    # One iteration = one request per stream: throughput counts streams x batch images per wave.
+    assert m["throughput_ips"] == pytest.approx(2 * 1000.0 / m["latency_ms_mean"], rel=1e-3)
+    assert result.extra["scenario"] == "async" and result.extra["streams"] == 2
+    assert "openvino" in result.extra["same_run_engines"] and m["speedup_vs_openvino"] > 0
+    assert {"onnxruntime", "openvino"} <= set(result.extra["engines"])
+    assert "amx" in result.extra["hardware"]["isa"]
+
+
+def test_batch_sweep_writes_one_row_per_batch(trained, tmp_path):
+    from sparsepipe.export import ExportConfig, export_onnx
+
+    dynamic = export_onnx(str(trained.train_dir), tmp_path / "dyn", ExportConfig(imgsz=64, dynamic=True))
+    config = BenchmarkConfig(batch=1, batches=(1, 3), imgsz=64, warmup=1, iterations=4)
+    result = benchmark(dynamic.out_dir, tmp_path / "s", config)
+    sweep = result.extra["sweep"]
+    assert [row["batch"] for row in sweep] == [1, 3]
+    assert sweep[1]["throughput_ips"] == pytest.approx(3 * 1000.0 / sweep[1]["latency_ms_mean"], rel=1e-3)
+    assert result.metrics["throughput_ips_b3"] == sweep[1]["throughput_ips"]
+    assert result.metrics["latency_ms_p50"] == sweep[0]["latency_ms_p50"]  # the first batch is the step's metrics
+
+
+def test_pinning_restores_affinity_and_floor_is_flops_over_peak(trained, tmp_path):
+    import os
+
+    from sparsepipe.benchmark import onnx_macs
+
+    before = os.sched_getaffinity(0)
+    result = benchmark(str(trained.export_dir), tmp_path / "p",
+                       BenchmarkConfig(threads=1, pin=True, floor=True, warmup=1, iterations=4))
+    assert result.extra["pinned_cpus"] == [min(before)]
+    assert os.sched_getaffinity(0) == before
+    m, peak = result.metrics, result.extra["peak"]
+    macs = onnx_macs(result.files["onnx"])
+    assert m["gmacs"] == pytest.approx(macs / 1e9, abs=1e-4)
+    assert m["floor_ms"] == pytest.approx(2 * macs / peak["int8_ops_s"] * 1000, rel=1e-3)
+    assert m["latency_vs_floor"] == pytest.approx(m["latency_ms_p50"] / m["floor_ms"], rel=1e-2)
+    assert peak["int8_ops_s"] >= peak["int8_ops_s_onnxruntime"] > 0
+
+
+def test_onnx_macs_counts_probe_convs_fp32_and_qdq(tmp_path):
+    from sparsepipe.benchmark import onnx_macs
+    from sparsepipe.hardware import peak_conv_onnx
+
+    for int8 in (False, True):
+        path = tmp_path / f"probe-{int8}.onnx"
+        expected = peak_conv_onnx(path, int8=int8, channels=8, side=6)
+        assert expected == 8 * 8 * 9 * 6 * 6
+        assert onnx_macs(path) == expected  # QDQ weights are followed through DequantizeLinear
+
+
+def test_onnx_macs_grouped_conv_and_gemm(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from sparsepipe.benchmark import onnx_macs
+
+    w = numpy_helper.from_array(np.zeros((4, 1, 3, 3), np.float32), "w")  # depthwise: 4 groups
+    g = numpy_helper.from_array(np.zeros((4 * 5 * 5, 10), np.float32), "g")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], group=4, pads=[1, 1, 1, 1]),
+             helper.make_node("Flatten", ["c"], ["f"]),
+             helper.make_node("Gemm", ["f", "g"], ["y"])]
+    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], [w, g])
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    assert onnx_macs(path) == 4 * 5 * 5 * 9 + 10 * 100
+
+
+def test_profile_ops_ranks_operator_types(trained):
+    from sparsepipe.benchmark import _onnx_path, profile_ops
+
+    path = _onnx_path(str(trained.export_dir))[0]
+    for engine in ("onnxruntime", "openvino"):
+        ops = profile_ops(path, engine, threads=1, iterations=2, top=5)
+        assert 0 < len(ops) <= 5
+        shares = [op["share"] for op in ops]
+        assert shares == sorted(shares, reverse=True) and sum(shares) <= 1.0001
+        assert any("Conv" in op["op"] for op in ops)
+
+
+def test_scenario_options_are_validated():
+    with pytest.raises(ConfigError, match="scenario async"):
+        BenchmarkConfig(streams=2)
+    with pytest.raises(ConfigError, match="scenario="):
+        BenchmarkConfig(scenario="offline")
+    with pytest.raises(ConfigError, match="batches"):
+        BenchmarkConfig(batches=(4, 4))
+    with pytest.raises(ConfigError, match="usable"):
+        BenchmarkConfig(threads=4096, pin=True)
+
+
+def test_cli_batch_list_is_checked(trained, tmp_path, capsys):
+    from sparsepipe.cli import main
+
+    code = main(["benchmark", "--model", str(trained.export_dir), "--batch", "1,x", "--no-track", "--out", str(tmp_path / "c")])
+    assert code != 0
+    assert "--batch" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- make bench: report helpers (no timing)
+def _bench_report():
+    import importlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    return importlib.import_module("bench_report")
+
+
+def test_recipe_epochs_are_scaled_to_the_budget():
+    br = _bench_report()
+    raw = {"num_epochs": 100, "pruning_start_epoch": 0, "pruning_end_epoch": 60, "qat_start_epoch": 90.0,
+           "freeze_epoch": "eval(num_epochs - 1)", "lr": 0.01, "use_epoch": True}
+    assert br.scaled_recipe_args(raw, 30) == {"num_epochs": 30, "pruning_start_epoch": 0, "pruning_end_epoch": 18,
+                                              "qat_start_epoch": 27.0}
+    assert br.scaled_recipe_args({}, 5) == {"num_epochs": 5}
+    assert br.variant_name("recipes/yolov8n-channels50-quant.yaml") == "channels50-qat"
+    assert br.variant_name("recipes/yolov8n-channels30.yaml") == "channels30"
+
+
+def _row(variant, engine, p50, map_, size=640, threads=1):
+    return {"size": size, "threads": threads, "variant": variant, "engine": engine, "latency_ms_p50": p50,
+            "map50_95": map_}
+
+
+def test_ratios_best_variant_and_verdict():
+    br = _bench_report()
+    rows = [_row("dense", "onnxruntime", 60.0, 0.20), _row("ultralytics-openvino-int8", "openvino", 20.0, 0.20),
+            _row("channels50-qat", "openvino", 10.0, 0.195), _row("channels70", "openvino", 5.0, 0.10),
+            _row("dense", "onnxruntime", 20.0, 0.10, size=320)]
+    br.add_ratios(rows)
+    assert rows[2]["vs_ort_fp32"] == 6.0 and rows[2]["vs_ul_ov_int8"] == 2.0
+    assert rows[2]["map_kept"] == pytest.approx(0.975)
+    best = br.best_rows(rows)
+    assert best[(640, 1)]["variant"] == "channels50-qat"  # channels70 is faster but lost accuracy
+    assert best[(320, 1)]["variant"] == "dense"
+    assert "met" in br.verdict(best[(640, 1)]) and "NOT" not in br.verdict(best[(640, 1)])
+    assert "NOT met (needs 5.00x more)" in br.verdict(best[(320, 1)])
+    text = br.summary(rows, {"x": [{"op": "QLinearConv", "share": 0.5, "ms_per_run": 1.0}]})
+    assert "channels50-qat on openvino" in text and "QLinearConv 50%" in text
+
+
+def test_docs_section_is_replaced_not_duplicated():
+    br = _bench_report()
+    doc = "# Benchmarks\n\nintro\n"
+    once = br.replace_section(doc, "table v1", "## Issue 8")
+    twice = br.replace_section(once + "\nafter\n", "table v2", "## Issue 8")
+    assert once.count("## Issue 8") == 1 and "table v1" in once
+    assert "table v2" in twice and "table v1" not in twice and twice.count(br.START) == 1
+    assert twice.startswith("# Benchmarks\n\nintro") and twice.rstrip().endswith("after")

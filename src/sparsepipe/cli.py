@@ -41,6 +41,14 @@ def _out_arg(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument("--out", default=default, help=f"folder the step writes to, ending with result.json (default: {default})")
 
 
+def _trust_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trust-checkpoint", action="store_true",
+        help="load .pt files that fail sparsepipe's checkpoint policy (foreign pickle globals, remote without a "
+        "recorded SHA-256); loading a .pt runs code, see SECURITY.md (env: SPARSEPIPE_TRUST_CHECKPOINT=1)",
+    )
+
+
 def _variant_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", default="", help="variant name in MLflow and the report (default: inherited)")
 
@@ -72,7 +80,7 @@ def _finish(result) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     from sparsepipe.data import DataConfig, prepare_data
 
-    result = prepare_data(args.source, args.out, DataConfig(validate=not args.no_validate))
+    result = prepare_data(args.source, args.out, DataConfig(validate=not args.no_validate, sha256=args.data_sha256))
     return _finish(result)
 
 
@@ -162,12 +170,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return _finish(result)
 
 
+def _int_list(text: str, flag: str) -> list[int]:
+    """``"1,4,8"`` -> ``[1, 4, 8]``; anything else is a ConfigError naming the flag."""
+    from sparsepipe.errors import ConfigError
+
+    try:
+        values = [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise ConfigError(f"{flag} {text!r} must be a positive integer or a comma list of them, e.g. {flag} 1,4,8.")
+    return values
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from sparsepipe.benchmark import BenchmarkConfig, benchmark
 
+    batches = _int_list(args.batch, "--batch")
     config = BenchmarkConfig(
-        engine=args.engine, batch=args.batch, imgsz=args.imgsz, threads=args.threads, warmup=args.warmup,
-        iterations=args.iterations, duration_s=args.duration, rounds=args.rounds, variant=args.variant,
+        engine=args.engine, batch=batches[0], batches=tuple(batches) if len(batches) > 1 else (), imgsz=args.imgsz,
+        threads=args.threads, warmup=args.warmup, iterations=args.iterations, duration_s=args.duration,
+        rounds=args.rounds, variant=args.variant, scenario=args.scenario, streams=args.streams, pin=args.pin,
+        floor=args.floor,
     )
     with _tracker(args, "benchmark") as tracker:
         return _finish(benchmark(args.model, args.out, config, baseline=args.baseline, tracker=tracker))
@@ -219,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "data", cmd_data, "make/validate an ultralytics dataset", "Produce a validated, relocatable ultralytics dataset in --out.")
     p.add_argument("--source", default="synthetic", help=DATA_HELP)
     p.add_argument("--no-validate", action="store_true", help="skip image/label validation (large trusted datasets)")
+    p.add_argument("--data-sha256", default=None, help="expected SHA-256 of an archive SOURCE; refused (nothing extracted) on mismatch")
     _out_arg(p, "runs/data")
 
     p = _add(sub, "train", cmd_train, "train a baseline model", "Train an ultralytics model from a config or checkpoint, offline.")
@@ -236,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="skip ultralytics' plots")
     p.add_argument("--ultralytics-arg", action="append", metavar="KEY=VALUE", help="any other ultralytics train argument (repeatable)")
     _variant_arg(p)
+    _trust_arg(p)
     _out_arg(p, "runs/train")
     _tracking_args(p)
 
@@ -257,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="skip ultralytics' plots")
     p.add_argument("--ultralytics-arg", action="append", metavar="KEY=VALUE", help="other ultralytics train argument (repeatable)")
     _variant_arg(p)
+    _trust_arg(p)
     _out_arg(p, "runs/sparsify")
     _tracking_args(p)
 
@@ -268,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (13-21)")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
     _variant_arg(p)
+    _trust_arg(p)
     _out_arg(p, "runs/export")
     _tracking_args(p)
 
@@ -304,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=qdefaults.seed, help="seed of the calibration sample")
     p.add_argument("--no-evaluate", action="store_true", help="skip the mAP of the INT8 file on val")
     _variant_arg(p)
+    _trust_arg(p)
     _out_arg(p, "runs/quantize")
     _tracking_args(p)
 
@@ -316,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or a CUDA index")
     p.add_argument("--plots", action="store_true", help="write PR curves and confusion matrix")
     _variant_arg(p)
+    _trust_arg(p)
     _out_arg(p, "runs/evaluate")
     _tracking_args(p)
 
@@ -323,9 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help=".onnx or the --out folder of export/quantize")
     p.add_argument("--baseline", default=None, help="another .onnx timed in the same run for speedup_vs_baseline")
     p.add_argument("--engine", default="onnxruntime", help="inference engine: onnxruntime, or openvino (reads the same ONNX, INT8 QDQ included)")
-    p.add_argument("--batch", type=int, default=1, help="batch size")
+    p.add_argument("--batch", default="1", help="batch size, or a comma list to sweep (1,4,8: dynamic-batch ONNX), one row per batch")
     p.add_argument("--imgsz", type=int, default=None, help="image size for dynamic ONNX axes")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads")
+    p.add_argument("--scenario", choices=("sync", "async"), default="sync", help="sync: latency, one request at a time; async: --streams requests in flight (throughput)")
+    p.add_argument("--streams", type=int, default=1, help="concurrent requests in the async scenario")
+    p.add_argument("--pin", action="store_true", help="pin to the first --threads CPUs (OpenVINO: ENABLE_CPU_PINNING)")
+    p.add_argument("--floor", action="store_true", help="measure the INT8 peak and report floor_ms = FLOPs / peak and latency_vs_floor")
     p.add_argument("--warmup", type=int, default=10, help="untimed warm-up iterations")
     p.add_argument("--iterations", type=int, default=100, help="timed iterations")
     p.add_argument("--duration", type=float, default=None, help="seconds to run instead of --iterations")
@@ -356,6 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
     _out_arg(p, "runs/demo")
     _tracking_args(p)
 
+    from sparsepipe.serving_cli import add_serving_commands
+
+    add_serving_commands(sub, _add)  # predict, serve, deploy (issue 9)
+
     try:
         from sparsepipe.recipe.cli import add_recipe_commands
     except ImportError:  # pragma: no cover - the recipe engine ships with the package
@@ -368,8 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from sparsepipe.trust import checkpoint_trust
+
     try:
-        return int(args.func(args) or 0)
+        with checkpoint_trust(getattr(args, "trust_checkpoint", False)):
+            return int(args.func(args) or 0)
     except SparsepipeError as exc:
         print(f"sparsepipe {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -1,10 +1,16 @@
-"""Describe the CPU a benchmark ran on: model, cores, and the ISA features that decide speed.
+"""Describe the CPU a benchmark ran on: model, cores, ISA features, and its measured peak.
 
-    python -m sparsepipe.hardware
+    python -m sparsepipe.hardware            # CPU model, cores, ISA flags, engine versions
+    python -m sparsepipe.hardware --peak 2   # + measured INT8/FP32 peak ops/s on 2 threads
 
 INT8 kernels are fast with AVX-512 VNNI / AVX-VNNI and fastest with AMX; without VNNI an
 INT8 model can be slower than FP32. Every benchmark result records these flags so numbers
 from different machines are never compared blindly.
+
+:func:`measure_peak` times one large 3x3 convolution (FP32, and INT8 as a QDQ graph that both
+engines fuse into integer kernels) on onnxruntime and OpenVINO with the given threads and keeps
+the fastest: the machine's practical ceiling in ops/s. A model's *floor* latency is then its
+FLOPs (2 x MACs, :func:`sparsepipe.benchmark.onnx_macs`) divided by that peak.
 """
 
 from __future__ import annotations
@@ -12,7 +18,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 ISA_FLAGS = {
     "avx2": "avx2",
@@ -80,5 +89,112 @@ def engine_versions() -> dict[str, str]:
     return versions
 
 
+# Shape of the peak-probe convolution: 3x3, CHANNELS -> CHANNELS on a SIDE x SIDE map (~1.2 GMAC).
+PEAK_CHANNELS = 128
+PEAK_SIDE = 64
+
+
+def peak_conv_onnx(path: str | Path, int8: bool, channels: int = PEAK_CHANNELS, side: int = PEAK_SIDE) -> int:
+    """Write a one-conv ONNX probe (FP32, or INT8 as QDQ: uint8 activations, int8 per-tensor
+    weights) to ``path``; returns its MACs."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((channels, channels, 3, 3)).astype(np.float32) * 0.05
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, side, side])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, side, side])
+    inits = []
+    nodes = []
+    if int8:
+        q_w = np.clip(np.round(weight / 0.002), -127, 127).astype(np.int8)
+        inits += [
+            numpy_helper.from_array(q_w, "w_q"),
+            numpy_helper.from_array(np.array(0.002, np.float32), "w_s"),
+            numpy_helper.from_array(np.array(0, np.int8), "w_z"),
+            numpy_helper.from_array(np.array(1 / 255, np.float32), "a_s"),
+            numpy_helper.from_array(np.array(0, np.uint8), "a_z"),
+            numpy_helper.from_array(np.array(0.05, np.float32), "o_s"),
+            numpy_helper.from_array(np.array(128, np.uint8), "o_z"),
+        ]
+        nodes += [
+            helper.make_node("QuantizeLinear", ["x", "a_s", "a_z"], ["x_q"]),
+            helper.make_node("DequantizeLinear", ["x_q", "a_s", "a_z"], ["x_dq"]),
+            helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["w"]),
+            helper.make_node("Conv", ["x_dq", "w"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("QuantizeLinear", ["c", "o_s", "o_z"], ["c_q"]),
+            helper.make_node("DequantizeLinear", ["c_q", "o_s", "o_z"], ["y"]),
+        ]
+    else:
+        inits.append(numpy_helper.from_array(weight, "w"))
+        nodes.append(helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]))
+    graph = helper.make_graph(nodes, "peak", [x], [y], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return channels * channels * 9 * side * side
+
+
+def _time_call(call: Any, warmup: int, iterations: int) -> float:
+    for _ in range(warmup):
+        call()
+    best = float("inf")
+    for _ in range(iterations):
+        started = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def measure_peak(threads: int, iterations: int = 20, engines: tuple[str, ...] = ("onnxruntime", "openvino")) -> dict[str, Any]:
+    """Measured peak ops/s (1 MAC = 2 ops) of the probe convolution per precision and engine on
+    ``threads`` threads; ``int8_ops_s`` / ``fp32_ops_s`` are the best engine's (best of
+    ``iterations`` runs, so the figure is a ceiling, not a typical value)."""
+    import numpy as np
+
+    result: dict[str, Any] = {"threads": threads, "probe": f"conv3x3 {PEAK_CHANNELS}->{PEAK_CHANNELS} @ {PEAK_SIDE}x{PEAK_SIDE}"}
+    with tempfile.TemporaryDirectory(prefix="sparsepipe-peak-") as tmp:
+        for precision in ("fp32", "int8"):
+            path = Path(tmp) / f"{precision}.onnx"
+            macs = peak_conv_onnx(path, int8=precision == "int8")
+            feed = np.random.default_rng(0).random((1, PEAK_CHANNELS, PEAK_SIDE, PEAK_SIDE), dtype=np.float32)
+            best = 0.0
+            for engine in engines:
+                try:
+                    if engine == "onnxruntime":
+                        import onnxruntime as ort
+
+                        options = ort.SessionOptions()
+                        options.intra_op_num_threads = threads
+                        options.inter_op_num_threads = 1
+                        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                        seconds = _time_call(lambda: session.run(None, {"x": feed}), 3, iterations)
+                    elif engine == "openvino":
+                        import openvino as ov
+
+                        compiled = ov.Core().compile_model(
+                            str(path), "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+                        request = compiled.create_infer_request()
+                        seconds = _time_call(lambda: request.infer({0: feed}), 3, iterations)
+                    else:
+                        continue
+                except ImportError:
+                    continue
+                ops = 2.0 * macs / seconds
+                result[f"{precision}_ops_s_{engine}"] = ops
+                best = max(best, ops)
+            result[f"{precision}_ops_s"] = best
+    return result
+
+
 if __name__ == "__main__":
-    print(json.dumps({**cpu_info(), "engines": engine_versions()}, indent=2))
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Describe this CPU (and optionally measure its peak ops/s).")
+    parser.add_argument("--peak", type=int, default=0, metavar="THREADS", help="measure INT8/FP32 peak on THREADS threads")
+    args = parser.parse_args()
+    info: dict[str, Any] = {**cpu_info(), "engines": engine_versions()}
+    if args.peak:
+        info["peak"] = measure_peak(args.peak)
+    print(json.dumps(info, indent=2))

@@ -1,0 +1,328 @@
+"""The full comparison: every YOLOv8n variant on every CPU engine, one interleaved run (issue 8).
+
+    .venv/bin/python benchmarks/bench.py --out runs/bench        # or: make bench (after make bench-sparsify)
+    .venv/bin/python benchmarks/bench.py --quick --out runs/bench-quick   # minutes: 320 px, 1 thread, 2 epochs
+
+Models come from the pruning benchmark (``--sparsify``, default runs/bench-sparsify):
+``baseline`` (60 epochs), ``plain`` (baseline + 30 plain epochs = 90) and ``pruned75`` (baseline +
+30 epochs of recipes/yolov8n-pruned75.yaml = 90). FAIRNESS: every fine-tuned variant has 90
+epochs in all, so the dense reference is ``plain``, not the 60-epoch baseline:
+- ``dense``: FP32 export of plain (the reference: onnxruntime FP32); ``dense-ptq``: its PTQ INT8;
+- ``pruned75`` (+ ``-ptq``, + ``-qat``: 3 more QAT epochs with benchmarks/recipes/qat-finetune.yaml);
+- one variant per ``recipes/yolov8n-channels*.yaml`` (``--recipes``), trained from the baseline
+  for ``--epochs`` (30) epochs with the recipe's epoch variables scaled to fit; FP32 recipes also
+  get a PTQ file, ``-quant`` recipes are QAT and export INT8 (named ``-qat``);
+- ``ultralytics-onnx-int8`` / ``ultralytics-openvino-int8``: ultralytics' own
+  ``export(format=..., quantize=8)`` of plain, what a user would do without sparsepipe.
+Each file is exported at every ``--sizes`` and evaluated (mAP50-95) on the same val split.
+Per size and thread count, every (variant, engine) runner is timed in the same interleaved
+rounds (batch 1, sync). The machine's INT8/FP32 peak is measured once per thread count
+(:func:`sparsepipe.hardware.measure_peak`); ``floor_ms`` = 2 x MACs / INT8 peak.
+Resumable: every step whose ``result.json`` exists under ``--out`` is reused, so a second run
+only re-times. Writes ``--out``/bench.{json,md}, ``benchmarks/results/bench-<date>.{json,md}``,
+``docs/img/bench-<date>.png`` and the issue-8 section of docs/benchmarks.md (``--no-docs``: not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_report  # noqa: E402  (next to this script)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def reuse(out: Path, make: Callable[[], Any]) -> Any:
+    """The step result in ``out`` when its result.json exists, else ``make()``'s."""
+    from sparsepipe.results import read_result
+
+    if (out / "result.json").is_file():
+        return read_result(out)
+    return make()
+
+
+def weights_of(model: str | Path) -> Path:
+    """The .pt of a train/sparsify out folder (or the path itself)."""
+    from sparsepipe.results import read_result
+
+    path = Path(model)
+    return read_result(path).path("weights") if path.is_dir() else path
+
+
+def train_variants(args: argparse.Namespace, out: Path, data: str) -> dict[str, dict[str, Any]]:
+    """name -> {"model": checkpoint folder, "int8": whether it exports INT8 (QAT), "epochs": total}."""
+    from sparsepipe.recipe.yaml_io import load_yaml
+    from sparsepipe.sparsify import SparsifyConfig, sparsify
+
+    src = Path(args.sparsify)
+    models = {
+        "dense": {"model": src / "plain", "int8": False, "epochs": args.base_epochs + 30},
+        "pruned75": {"model": src / "pruned75", "int8": False, "epochs": args.base_epochs + 30},
+    }
+    config = dict(imgsz=args.train_imgsz, batch=16, plots=False)
+    qat_dir = out / "train" / "pruned75-qat"
+    reuse(qat_dir, lambda: sparsify(str(src / "pruned75"), data, str(ROOT / "benchmarks/recipes/qat-finetune.yaml"),
+                                    qat_dir, SparsifyConfig(variant="pruned75-qat", **config),
+                                    recipe_args={"num_epochs": args.qat_epochs}))
+    models["pruned75-qat"] = {"model": qat_dir, "int8": True, "epochs": args.base_epochs + 30 + args.qat_epochs}
+    for recipe in args.recipes:
+        name = bench_report.variant_name(recipe)
+        raw = load_yaml(Path(recipe).read_text(), recipe)
+        recipe_args = bench_report.scaled_recipe_args(raw if isinstance(raw, dict) else {}, args.epochs)
+        target = out / "train" / name
+        print(f"train {name}: {recipe} from {src / 'baseline'} with {recipe_args}", flush=True)
+        reuse(target, lambda: sparsify(str(src / "baseline"), data, recipe, target,
+                                       SparsifyConfig(variant=name, **config), recipe_args=recipe_args))
+        models[name] = {"model": target, "int8": name.endswith("-qat"), "epochs": args.base_epochs + args.epochs,
+                        "recipe": recipe, "recipe_args": recipe_args}
+    return models
+
+
+def ultralytics_int8(plain_pt: Path, fmt: str, work: Path, data_yaml: str, size: int) -> Path:
+    """ultralytics' own INT8 export of the dense reference (ONNX file or OpenVINO IR .xml)."""
+    from sparsepipe.results import StepResult
+    from ultralytics import YOLO
+
+    role = "openvino_xml" if fmt == "openvino" else "onnx"
+
+    def make() -> StepResult:
+        work.mkdir(parents=True, exist_ok=True)
+        staged = work / "model.pt"
+        staged.write_bytes(plain_pt.read_bytes())
+        exported = Path(YOLO(str(staged)).export(format=fmt, quantize=8, data=data_yaml, imgsz=size, batch=1, device="cpu"))
+        if fmt == "openvino":
+            exported = next(exported.glob("*.xml"))
+        result = StepResult(step="export", out_dir=str(work), variant=f"ultralytics-{fmt}-int8",
+                            files={role: str(exported)}, config={"format": fmt, "quantize": 8, "imgsz": size})
+        result.write()
+        return result
+
+    return reuse(work, make).path(role)
+
+
+def export_files(args: argparse.Namespace, out: Path, data: str, data_yaml: str,
+                 models: dict[str, dict[str, Any]]) -> dict[tuple[str, int], Path]:
+    from sparsepipe.export import ExportConfig, export_onnx
+    from sparsepipe.quantize import QuantizeConfig, quantize
+
+    files: dict[tuple[str, int], Path] = {}
+    for size in args.sizes:
+        d = out / str(size)
+        for name, info in models.items():
+            exported = reuse(d / name, lambda: export_onnx(str(info["model"]), d / name, ExportConfig(imgsz=size, variant=name)))
+            files[(name, size)] = exported.path("onnx")
+            if not info["int8"]:
+                ptq = reuse(d / f"{name}-ptq", lambda: quantize(str(d / name), data, d / f"{name}-ptq",
+                                                                QuantizeConfig(evaluate=False, variant=f"{name}-ptq")))
+                files[(f"{name}-ptq", size)] = ptq.path("int8_onnx")
+        plain_pt = weights_of(models["dense"]["model"])
+        for fmt in ("onnx", "openvino"):
+            files[(f"ultralytics-{fmt}-int8", size)] = ultralytics_int8(plain_pt, fmt, d / f"ultralytics-{fmt}-int8", data_yaml, size)
+    return files
+
+
+def accuracy(out: Path, data: str, data_yaml: str, files: dict[tuple[str, int], Path]) -> dict[tuple[str, int], float]:
+    from sparsepipe.evaluate import EvaluateConfig, evaluate
+    from sparsepipe.results import StepResult
+
+    maps: dict[tuple[str, int], float] = {}
+    for (variant, size), path in files.items():
+        target = out / str(size) / f"eval-{variant}"
+        if path.suffix == ".xml":  # an OpenVINO IR: ultralytics validates its folder directly
+
+            def make(path: Path = path, size: int = size, target: Path = target, variant: str = variant) -> StepResult:
+                from ultralytics import YOLO
+
+                m = YOLO(str(path.parent), task="detect").val(data=data_yaml, imgsz=size, batch=1, plots=False,
+                                                              project=str(target), name="ultralytics", exist_ok=True)
+                result = StepResult(step="evaluate", out_dir=str(target), variant=variant,
+                                    metrics={"map50_95": float(m.box.map), "map50": float(m.box.map50)})
+                result.write()
+                return result
+
+            maps[(variant, size)] = reuse(target, make).metrics["map50_95"]
+        else:
+            maps[(variant, size)] = reuse(target, lambda: evaluate(str(path), data, target, EvaluateConfig(imgsz=size))).metrics["map50_95"]
+    return maps
+
+
+def time_cells(args: argparse.Namespace, files: dict[tuple[str, int], Path], maps: dict[tuple[str, int], float],
+               engines: list[str]) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
+    from sparsepipe.benchmark import RUNNERS, BenchmarkConfig, _measure, latency_stats, onnx_macs
+    from sparsepipe.hardware import measure_peak
+    from sparsepipe.sizes import file_sizes
+
+    peaks = {threads: measure_peak(threads) for threads in args.threads}
+    for threads, peak in peaks.items():
+        print(f"peak on {threads} thread(s): INT8 {peak['int8_ops_s'] / 1e9:.0f} GOPS, FP32 {peak['fp32_ops_s'] / 1e9:.0f} GOPS "
+              f"({', '.join(f'{k} {v / 1e9:.0f}' for k, v in peak.items() if k.endswith(('onnxruntime', 'openvino')))})", flush=True)
+    macs = {key: onnx_macs(path) for key, path in files.items() if path.suffix == ".onnx"}
+    for (variant, size), path in files.items():
+        if path.suffix == ".xml":  # same architecture as the dense file it was exported from
+            macs[(variant, size)] = macs[("dense", size)]
+    rows: list[dict[str, Any]] = []
+    for size in args.sizes:
+        for threads in args.threads:
+            config = BenchmarkConfig(threads=threads, iterations=args.iterations, rounds=args.rounds, warmup=args.warmup)
+            pairs, runners = [], []
+            for (variant, vsize), path in files.items():
+                if vsize != size:
+                    continue
+                for engine in engines:
+                    if path.suffix == ".xml" and engine != "openvino":
+                        continue  # an OpenVINO IR only runs on OpenVINO
+                    try:
+                        runners.append(RUNNERS[engine](path, config))
+                        pairs.append((variant, engine))
+                    except Exception as exc:  # noqa: BLE001 - an engine refusing a file is a result too
+                        print(f"skip {variant} on {engine} at {size}: {str(exc)[:300]}", flush=True)
+            print(f"timing {len(runners)} runners at {size} px, {threads} thread(s), interleaved", flush=True)
+            try:
+                latencies = _measure(runners, config)
+            finally:
+                for runner in runners:
+                    getattr(runner, "close", lambda: None)()
+            floor_scale = 2.0 * 1000.0 / peaks[threads]["int8_ops_s"]
+            for (variant, engine), lat in zip(pairs, latencies):
+                stats = latency_stats(lat, 1)
+                path = files[(variant, size)]
+                floor_ms = macs[(variant, size)] * floor_scale
+                rows.append({
+                    "size": size, "threads": threads, "variant": variant, "engine": engine,
+                    "map50_95": maps[(variant, size)], "latency_ms_p50": stats["latency_ms_p50"],
+                    "latency_ms_p90": stats["latency_ms_p90"], "latency_ms_mean": stats["latency_ms_mean"],
+                    "iterations": stats["iterations"], "gmacs": macs[(variant, size)] / 1e9, "floor_ms": floor_ms,
+                    "latency_vs_floor": stats["latency_ms_p50"] / floor_ms,
+                    **file_sizes(path if path.suffix != ".xml" else path.with_suffix(".bin")),
+                    "file": str(path),
+                })
+    bench_report.add_ratios(rows)
+    return rows, peaks
+
+
+def profile_best(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
+    """Top ops of the best variant at each size (its own engine, and onnxruntime)."""
+    from sparsepipe.benchmark import profile_ops
+
+    profiles: dict[str, list[dict[str, Any]]] = {}
+    threads = max(args.threads)
+    for (size, nthreads), row in sorted(bench_report.best_rows(rows).items()):
+        if nthreads != threads:
+            continue
+        engines = [row["engine"]] if row["engine"] in ("onnxruntime", "openvino") else []
+        if "onnxruntime" not in engines:
+            engines.append("onnxruntime")
+        for engine in engines:
+            try:
+                ops = profile_ops(row["file"], engine, threads, iterations=args.profile_iterations)
+            except Exception as exc:  # noqa: BLE001 - a profile that cannot run is reported, not fatal
+                print(f"profile of {row['variant']} on {engine} failed: {exc}", flush=True)
+                continue
+            profiles[f"{row['variant']} on {engine}, {size} px, {threads} threads"] = ops
+    return profiles
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/bench")
+    parser.add_argument("--sparsify", default="runs/bench-sparsify", help="out folder of benchmarks/sparsify_bench.py")
+    parser.add_argument("--recipes", default="recipes/yolov8n-channels*.yaml", help="glob (or comma list) of channel recipes")
+    parser.add_argument("--sizes", default="640,320")
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--engines", default="", help="comma list; default: every available engine")
+    parser.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs of each channel recipe from the baseline")
+    parser.add_argument("--base-epochs", type=int, default=60, help="epochs of the --sparsify baseline (for the table)")
+    parser.add_argument("--qat-epochs", type=int, default=3, help="QAT epochs on top of pruned75")
+    parser.add_argument("--train-imgsz", type=int, default=320)
+    parser.add_argument("--iterations", type=int, default=60, help="timed iterations per runner per size/threads")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--profile-iterations", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="320 px, 1 thread, 2 epochs, few iterations; no docs")
+    parser.add_argument("--no-docs", action="store_true", help="write only into --out")
+    parser.add_argument("--note", default="", help="a sentence for the docs header (e.g. machine load)")
+    args = parser.parse_args()
+    if args.quick:
+        args.sizes, args.threads, args.epochs, args.qat_epochs = "320", "1", 2, 1
+        args.iterations, args.rounds, args.warmup, args.profile_iterations = 10, 2, 2, 3
+        args.no_docs = True
+    args.sizes = [int(s) for s in str(args.sizes).split(",")]
+    args.threads = [int(t) for t in str(args.threads).split(",")]
+    patterns = [p for p in args.recipes.split(",") if p]
+    args.recipes = sorted({f for p in patterns for f in (glob.glob(p) or ([p] if Path(p).is_file() else []))})
+
+    from sparsepipe.benchmark import _available_engines
+    from sparsepipe.data import resolve_data
+    from sparsepipe.hardware import cpu_info, engine_versions
+    from sparsepipe.results import atomic_write_text, atomic_write_with
+
+    started = time.time()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    src = Path(args.sparsify)
+    for need in ("baseline", "plain", "pruned75", "data"):
+        if not (src / need / "result.json").is_file():
+            sys.exit(f"error: {src / need} has no result.json; run `make bench-sparsify` first (or pass --sparsify).")
+    data = str(src / "data")
+    data_yaml = str(resolve_data(data))
+    engines = [e for e in args.engines.split(",") if e] or list(_available_engines())
+
+    models = train_variants(args, out, data)
+    files = export_files(args, out, data, data_yaml, models)
+    maps = accuracy(out, data, data_yaml, files)
+    rows, peaks = time_cells(args, files, maps, engines)
+    profiles = profile_best(rows, args)
+
+    hw = cpu_info()
+    minutes = (time.time() - started) / 60
+    day = time.strftime("%Y-%m-%d")
+    command = "make bench" if not args.quick else "benchmarks/bench.py --quick"
+    isa = ", ".join(k for k, v in hw["isa"].items() if v)
+    peak_text = "; ".join(f"{t} thread(s): INT8 {p['int8_ops_s'] / 1e9:.0f} GOPS, FP32 {p['fp32_ops_s'] / 1e9:.0f} GOPS"
+                          for t, p in peaks.items())
+    header = (
+        f"Command: `{command}` (`.venv/bin/python benchmarks/bench.py --sizes {','.join(map(str, args.sizes))} "
+        f"--threads {','.join(map(str, args.threads))} --epochs {args.epochs} --iterations {args.iterations} "
+        f"--rounds {args.rounds}`), {day}, {minutes:.0f} min for this invocation (steps reused from earlier runs are "
+        f"not re-done). Machine: {hw['cpu_model']}, {hw['usable_cores']} usable cores, ISA: {isa}. Engines: "
+        f"{', '.join(f'{k} {v}' for k, v in engine_versions().items())}. Measured peak (probe: one 3x3 conv, best "
+        f"engine): {peak_text}. {args.note}".rstrip()
+    )
+    variants_text = "; ".join(f"`{n}` {m['epochs']} epochs" + (f" ({Path(m['recipe']).name}, {m['recipe_args']})" if m.get("recipe") else "")
+                              for n, m in models.items())
+    table = bench_report.markdown_table(rows)
+    closing = bench_report.summary(rows, profiles)
+    section = f"{header}\n\nModels: {variants_text}.\n\n{table}\n\n{closing}\n"
+    print(section, flush=True)
+
+    payload = {"rows": rows, "peaks": peaks, "profiles": profiles, "models": {n: {k: str(v) for k, v in m.items()} for n, m in models.items()},
+               "hardware": hw, "engines": engine_versions(), "args": {k: v for k, v in vars(args).items()}, "minutes": minutes}
+    atomic_write_text(out / "bench.json", json.dumps(payload, indent=2, default=str) + "\n")
+    atomic_write_text(out / "bench.md", section)
+    plot_path = out / "bench.png"
+    bench_report.plot(rows, plot_path, threads=min(args.threads), save=atomic_write_with)
+    if not args.no_docs:
+        results = ROOT / "benchmarks" / "results"
+        atomic_write_text(results / f"bench-{day}.json", json.dumps(payload, indent=2, default=str) + "\n")
+        atomic_write_text(results / f"bench-{day}.md", section)
+        img = ROOT / "docs" / "img" / f"bench-{day}.png"
+        atomic_write_with(img, lambda tmp: Path(tmp).write_bytes(plot_path.read_bytes()))
+        doc_path = ROOT / "docs" / "benchmarks.md"
+        doc = doc_path.read_text()
+        generated = (f"Raw numbers: `benchmarks/results/bench-{day}.{{json,md}}`. Plot (1 thread): "
+                     f"![accuracy vs latency](img/bench-{day}.png)\n\n{section}")
+        atomic_write_text(doc_path, bench_report.replace_section(
+            doc, generated, "## Channel pruning and the fastest CPU variant (issue 8)"))
+        print(f"wrote {doc_path} (issue-8 section), {results}/bench-{day}.*, {img}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
