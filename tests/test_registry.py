@@ -70,7 +70,9 @@ def test_register_alias_resolve_and_load_in_onnxruntime(mlflow_server, monkeypat
 
 def test_checkpoint_preferred_when_a_version_holds_both(mlflow_server, monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.tracking_uri)
-    (tmp_path / "model.pt").write_bytes(b"not read by the resolver")
+    import torch
+
+    torch.save({"epoch": 1}, tmp_path / "model.pt")  # a real (tiny) checkpoint: .pt files pass sparsepipe.trust
     name = f"sparsepipe-both-{tmp_path.name}"
     register_model([tmp_path / "model.pt", tiny_onnx(tmp_path / "model.onnx")], name, experiment="registry-tests")
     assert resolve_model_path(f"models:/{name}/1", tmp_path / "c").endswith("model.pt")

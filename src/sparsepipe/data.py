@@ -69,6 +69,11 @@ SOURCE_FORMS = (
     ".zip/.tar.gz/.tgz archive holding a data YAML; or an s3://bucket/prefix holding one."
 )
 _SOURCE_MARKER = ".sparsepipe-source.json"
+#: Default limits of an archive SOURCE (untrusted input): total uncompressed bytes (also the most
+#: bytes one http(s) download may bring) and number of members. COCO 2017 (~20 GB, ~250k files)
+#: fits; a decompression bomb does not. Raise them in DataConfig for bigger datasets.
+MAX_ARCHIVE_BYTES = 50 * 2**30
+MAX_ARCHIVE_FILES = 1_000_000
 
 
 def default_cache_dir() -> Path:
@@ -88,6 +93,9 @@ class DataConfig:
     download_timeout_s: float = 60.0  # socket timeout of each http(s) read, in seconds
     refresh: bool = False  # re-download / re-generate even when the cache already holds it
     progress: bool = True  # tqdm progress bars on stderr
+    sha256: str | None = None  # expected hex SHA-256 of an archive SOURCE (http/s3/local .zip/.tar.gz); None: unchecked
+    max_archive_bytes: int = MAX_ARCHIVE_BYTES  # refuse archives that download or unpack to more bytes than this
+    max_archive_files: int = MAX_ARCHIVE_FILES  # refuse archives with more members than this
 
     def __post_init__(self) -> None:
         if isinstance(self.max_listed_errors, bool) or not isinstance(self.max_listed_errors, int) \
@@ -100,6 +108,20 @@ class DataConfig:
                 f"DataConfig.download_timeout_s={self.download_timeout_s!r}: use a number of "
                 f"seconds > 0."
             )
+        for name in ("max_archive_bytes", "max_archive_files"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"DataConfig.{name}={value!r}: use an integer >= 1.")
+        if not self.sha256:
+            self.sha256 = None
+        else:
+            digest = str(self.sha256).strip().lower()
+            if not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise ConfigError(
+                    f"DataConfig.sha256 / --data-sha256 {str(self.sha256)[:80]!r} is not a SHA-256: give the 64 "
+                    f"hex digits printed by 'sha256sum ARCHIVE'."
+                )
+            self.sha256 = digest
         self.cache_dir = Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
 
 
@@ -614,8 +636,47 @@ def _check_member(archive: str, name: str, dest: Path) -> None:
         raise _refuse(archive, name, "resolves outside the target folder")
 
 
-def safe_extract(archive: Path, dest: Path) -> Path:
-    """Extract a .zip / .tar(.gz) into ``dest``, refusing absolute paths, ``..`` and escaping links."""
+def _check_totals(label: str, count: int, total: int, max_bytes: int, max_files: int) -> None:
+    """Refuse decompression bombs before anything is written: member count and declared sizes."""
+    if count > max_files:
+        raise DataError(
+            f"Refusing to extract {label}: it has more than {max_files} members (limit "
+            f"DataConfig.max_archive_files), which looks like a decompression bomb. Raise the limit if you "
+            f"trust the archive."
+        )
+    if total > max_bytes:
+        raise DataError(
+            f"Refusing to extract {label}: it unpacks to more than {max_bytes} bytes ({total} declared; limit "
+            f"DataConfig.max_archive_bytes), which looks like a decompression bomb. Raise the limit if you "
+            f"trust the archive."
+        )
+
+
+def verify_sha256(path: Path, expected: str | None, label: str) -> None:
+    """Raise a DataError when ``path``'s SHA-256 differs from ``expected`` (None: nothing to check)."""
+    if not expected:
+        return
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    if digest.hexdigest() != expected:
+        raise DataError(
+            f"Checksum mismatch for {label}: its SHA-256 is {digest.hexdigest()}, but --data-sha256 "
+            f"(DataConfig.sha256) expects {expected}. The download is corrupt or the file changed; nothing "
+            f"was extracted. Check the URL and the expected checksum."
+        )
+
+
+def safe_extract(archive: Path, dest: Path, *, max_bytes: int = MAX_ARCHIVE_BYTES,
+                 max_files: int = MAX_ARCHIVE_FILES) -> Path:  # fmt: skip
+    """Extract a .zip / .tar(.gz) into ``dest``, refusing absolute paths, ``..``, escaping links and bombs.
+
+    Every member is checked before anything is written: no absolute path or ``..``, no symlink in a
+    zip, tar links only to targets inside ``dest``, no device/fifo, at most ``max_files`` members
+    and ``max_bytes`` uncompressed bytes in total (zip and tar headers declare each member's size,
+    and extraction never writes more than declared).
+    """
     archive, dest = Path(archive), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     dest = dest.resolve()
@@ -623,14 +684,21 @@ def safe_extract(archive: Path, dest: Path) -> Path:
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
-                for info in zf.infolist():
+                infos = zf.infolist()
+                _check_totals(label, len(infos), sum(i.file_size for i in infos), max_bytes, max_files)
+                for info in infos:
                     _check_member(label, info.filename, dest)
                     if stat.S_ISLNK(info.external_attr >> 16):
                         raise _refuse(label, info.filename, "is a symbolic link")
                 zf.extractall(dest)
             return dest
         with tarfile.open(archive, "r:*") as tf:
-            members = tf.getmembers()
+            members = []
+            total = 0
+            for m in tf:  # streamed, so a header bomb stops at the count limit
+                members.append(m)
+                total += m.size
+                _check_totals(label, len(members), total, max_bytes, max_files)
             for m in members:
                 _check_member(label, m.name, dest)
                 if m.issym() or m.islnk():
@@ -654,8 +722,9 @@ def safe_extract(archive: Path, dest: Path) -> Path:
     return dest
 
 
-def download(url: str, dest: Path, timeout_s: float = 60.0, progress: bool = True) -> Path:
-    """Download ``url`` to ``dest`` through a temporary ``.part`` file and a rename."""
+def download(url: str, dest: Path, timeout_s: float = 60.0, progress: bool = True,
+             max_bytes: int = MAX_ARCHIVE_BYTES) -> Path:  # fmt: skip
+    """Download ``url`` to ``dest`` through a temporary ``.part`` file and a rename (at most ``max_bytes``)."""
     from sparsepipe.synthetic import progress_bar
 
     dest = Path(dest)
@@ -669,7 +738,15 @@ def download(url: str, dest: Path, timeout_s: float = 60.0, progress: bool = Tru
             bar = progress_bar(total=total, desc=f"download {Path(urllib.parse.urlparse(url).path).name}",
                                unit="B", unit_scale=True, disable=not progress)  # fmt: skip
             try:
+                written = 0
                 while chunk := resp.read(1 << 20):
+                    written += len(chunk)
+                    if written > max_bytes:
+                        raise DataError(
+                            f"Downloading {safe_url} stopped after {max_bytes} bytes (DataConfig.max_archive_bytes): "
+                            f"the server sends more than the limit. Raise the limit if the dataset really is "
+                            f"that big."
+                        )
                     fh.write(chunk)
                     bar.update(len(chunk))
             finally:
@@ -753,6 +830,8 @@ def _fill_cache_entry(final: Path, fill, refresh: bool) -> Path:
 def _fetched_entry(source: Source, cache_dir: Path, config: DataConfig) -> Path:
     """Download / extract a remote or archive SOURCE into the cache; returns its data YAML."""
 
+    limits = {"max_bytes": config.max_archive_bytes, "max_files": config.max_archive_files}
+
     def fill(tmp: Path) -> None:
         tree = tmp / "dataset"
         if source.kind == "s3":
@@ -761,18 +840,26 @@ def _fetched_entry(source: Source, cache_dir: Path, config: DataConfig) -> Path:
             if _is_archive(source.value):
                 archive = tmp / Path(urllib.parse.urlparse(source.value).path).name
                 storage.download_file(source.value, archive)
-                safe_extract(archive, tree)
+                verify_sha256(archive, config.sha256, source.value)
+                safe_extract(archive, tree, **limits)
                 archive.unlink()
             else:
+                if config.sha256:
+                    raise ConfigError(
+                        f"--data-sha256 checks an archive, but {source.value} is an S3 folder (its files are "
+                        f"checked against the _SUCCESS manifest instead). Drop --data-sha256 or point at a .zip/.tar.gz."
+                    )
                 got = storage.download_prefix(source.value, tree)
                 tree = Path(got) if got else tree
         else:
             name = Path(urllib.parse.urlparse(source.value).path).name or "archive"
             if source.kind == "http":
-                archive = download(source.value, tmp / name, config.download_timeout_s, config.progress)
+                archive = download(source.value, tmp / name, config.download_timeout_s, config.progress,
+                                   max_bytes=config.max_archive_bytes)
             else:
                 archive = Path(source.value)
-            safe_extract(archive, tree)
+            verify_sha256(archive, config.sha256, _redact(source.value) if source.kind == "http" else source.value)
+            safe_extract(archive, tree, **limits)
             if source.kind == "http":
                 archive.unlink()
         yaml_path = find_data_yaml(tree)
@@ -785,6 +872,8 @@ def _fetched_entry(source: Source, cache_dir: Path, config: DataConfig) -> Path:
     if source.kind == "archive":  # a local archive that changes must not hit a stale entry
         st = Path(source.value).stat()
         key += f"|{st.st_size}|{st.st_mtime_ns}"
+    if config.sha256:  # a checked entry never reuses one filled without the check
+        key += f"|sha256={config.sha256}"
     final = cache_dir / f"{source.kind}-{_cache_key(key)}"
     final = _fill_cache_entry(final, fill, config.refresh)
     try:
@@ -792,6 +881,14 @@ def _fetched_entry(source: Source, cache_dir: Path, config: DataConfig) -> Path:
         return (final / marker["data_yaml"]).resolve()
     except (OSError, ValueError, KeyError):
         return find_data_yaml(final)
+
+
+def _check_sha256_applies(src: Source, config: DataConfig) -> None:
+    if config.sha256 and src.kind not in ("http", "s3", "archive"):
+        raise ConfigError(
+            f"--data-sha256 checks an archive SOURCE (.zip/.tar.gz: local, http(s) or s3), but {src.value[:200]!r} "
+            f"is a {src.kind} source. Drop --data-sha256, or pass the archive itself."
+        )
 
 
 def resolve_data(source: str | os.PathLike, cache_dir: Path | None = None, *,
@@ -807,6 +904,7 @@ def resolve_data(source: str | os.PathLike, cache_dir: Path | None = None, *,
     config = config or DataConfig(cache_dir=cache_dir)
     cache = Path(cache_dir).expanduser() if cache_dir else Path(config.cache_dir)
     src = parse_source(source)
+    _check_sha256_applies(src, config)
     if src.kind == "synthetic":
         assert src.synthetic is not None
         spec = json.dumps(
@@ -921,6 +1019,7 @@ def prepare_data(source: str | os.PathLike, out: str | os.PathLike,
     config = config or DataConfig()
     out = Path(out).expanduser().absolute()
     src = parse_source(source)
+    _check_sha256_applies(src, config)
     _check_out_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -941,6 +1040,7 @@ def prepare_data(source: str | os.PathLike, out: str | os.PathLike,
         "source": _redact(src.value) if src.kind == "http" else src.value,
         "validate": config.validate,
         "max_listed_errors": config.max_listed_errors,
+        "sha256": config.sha256,
     }
     if src.synthetic is not None:
         step_config["synthetic"] = dataclasses.asdict(src.synthetic)

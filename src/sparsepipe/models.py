@@ -65,14 +65,20 @@ def resolve_model_path(model: str, cache_dir: Path | None = None) -> str:
     model = str(model).strip()
     if not model:
         raise ModelError("The model is empty: pass --model yolov8n.yaml or a checkpoint path.")
-    if model.startswith("models:/"):
-        from sparsepipe.registry import resolve_registry_uri
+    from sparsepipe.trust import check_checkpoint
 
-        return resolve_registry_uri(model, cache_dir)
+    if model.startswith("models:/"):
+        from sparsepipe.registry import resolve_registry_uri, verified_checksum
+
+        local = resolve_registry_uri(model, cache_dir)
+        check_checkpoint(local, origin=model, verified=verified_checksum(local) is not None)
+        return local
     if model.startswith("s3://"):
         from sparsepipe import storage
 
-        return str(storage.localize(model, cache_dir or Path.home() / ".cache" / "sparsepipe" / "models"))
+        local_path = storage.localize(model, cache_dir or Path.home() / ".cache" / "sparsepipe" / "models")
+        check_checkpoint(local_path, origin=model, verified=_s3_verified(model, local_path))
+        return str(local_path)
     path = Path(model).expanduser()
     if path.suffix in MODEL_SUFFIXES or path.is_file() or "/" in model:
         if path.is_dir():
@@ -97,10 +103,26 @@ def resolve_model_path(model: str, cache_dir: Path | None = None) -> str:
                 f"Model file '{model}' does not exist. Check the path, or give the --out folder of "
                 f"the step that produced it."
             )
+        check_checkpoint(path)  # a .pt is a pickle: refuse one that would import code (sparsepipe.trust)
         return str(path)
     if path.suffix not in (".yaml", ".yml"):
         raise _unknown_model(model, "not a .yaml config, .pt checkpoint or .onnx file")
     return model
+
+
+def _s3_verified(uri: str, local: Path) -> bool:
+    """Whether a localized S3 object matched the SHA-256 sparsepipe stored in its metadata at upload."""
+    from sparsepipe import storage
+
+    if not local.is_file():
+        return False
+    bucket, key = storage.split_s3_uri(uri)
+    try:
+        meta = storage.get_client().head_object(Bucket=bucket, Key=key).get("Metadata") or {}
+    except Exception:  # noqa: BLE001 - unreadable metadata means unverified, the policy decides
+        return False
+    expected = meta.get(storage.SHA256_METADATA)
+    return bool(expected) and storage.file_sha256(local) == expected
 
 
 def load_yolo(model: str, task: str | None = None, cache_dir: Path | None = None) -> "YOLO":

@@ -52,6 +52,9 @@ REGISTRY_PREFIX = "models:/"
 MODEL_SUFFIXES = (".pt", ".onnx")
 ARTIFACT_DIR = "registry"  # run artifact folder the registered files are logged under
 VARIANT_TAG = "sparsepipe.variant"
+#: version (and run) tag prefix: ``sparsepipe.sha256.<file name>`` = hex SHA-256 recorded at registration
+CHECKSUM_TAG_PREFIX = "sparsepipe.sha256."
+VERIFIED_FILE = ".sparsepipe-verified.json"  # in a downloaded version folder: {relative path: sha256}
 
 
 class RegistryError(SparsepipeError):
@@ -132,6 +135,7 @@ def download_model_version(uri: str, cache_dir: Path | None = None, tracking_uri
         import mlflow.artifacts
 
         mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp), tracking_uri=server)
+        _verify_version_files(uri, mv, tmp)
         try:
             tmp.rename(dest)  # atomic: a killed download never looks complete
         except OSError:  # another process finished first
@@ -143,6 +147,50 @@ def download_model_version(uri: str, cache_dir: Path | None = None, tracking_uri
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def _verify_version_files(uri: str, mv: Any, folder: Path) -> None:
+    """Check downloaded files against the version's ``sparsepipe.sha256.*`` tags; record the verified ones."""
+    import json
+
+    from sparsepipe.storage import file_sha256
+
+    expected = {k[len(CHECKSUM_TAG_PREFIX):]: v for k, v in (mv.tags or {}).items() if k.startswith(CHECKSUM_TAG_PREFIX)}
+    verified: dict[str, str] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        want = expected.get(path.name)
+        if want is None:
+            continue
+        got = file_sha256(path)
+        if got != want:
+            raise RegistryError(
+                f"{uri}: {path.name} of version {mv.version} has SHA-256 {got[:12]}..., but "
+                f"{want[:12]}... was recorded when it was registered, so the stored artifact was changed "
+                f"or corrupted. Nothing was cached; register the model again from the step that made it."
+            )
+        verified[path.relative_to(folder).as_posix()] = got
+    (folder / VERIFIED_FILE).write_text(json.dumps(verified, indent=1, sort_keys=True) + "\n")
+
+
+def verified_checksum(path: str | os.PathLike[str]) -> str | None:
+    """The SHA-256 a downloaded registry file was verified against (None: no checksum was recorded).
+
+    Re-hashes the cached file, so a cache edited after the download is not vouched for.
+    """
+    import json
+
+    from sparsepipe.storage import file_sha256
+
+    path = Path(path).absolute()
+    for folder in path.parents:
+        marker = folder / VERIFIED_FILE
+        if marker.is_file():
+            try:
+                recorded = json.loads(marker.read_text()).get(path.relative_to(folder).as_posix())
+            except (OSError, ValueError, AttributeError):
+                return None
+            return recorded if recorded and file_sha256(path) == recorded else None
+    return None
 
 
 def resolve_registry_uri(uri: str, cache_dir: Path | None = None, tracking_uri: str | None = None,
@@ -217,6 +265,12 @@ def register_model(
                 raise
         source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{folder}"
         version_tags = {k: str(v) for k, v in dict(tags or {}).items()}
+        from sparsepipe.storage import file_sha256
+
+        for f in files:  # verified by download_model_version; lets a remote .pt be loaded without trust
+            digest = file_sha256(f)
+            version_tags[f"{CHECKSUM_TAG_PREFIX}{f.name}"] = digest
+            client.set_tag(run_id, f"{CHECKSUM_TAG_PREFIX}{folder}/{f.name}", digest)
         if variant:
             version_tags[VARIANT_TAG] = variant
         mv = client.create_model_version(name, source=source, run_id=run_id, tags=version_tags,

@@ -37,6 +37,7 @@ __all__ = [
     "TrackingError",
     "default_local_artifact_location",
     "default_local_tracking_uri",
+    "download_verified_artifact",
     "resolve_tracker",
     "sanitize_metric_name",
 ]
@@ -67,6 +68,9 @@ _SECRET_ENV_VARS = (
     "HF_TOKEN",
     "GITHUB_TOKEN",
 )
+#: logged files whose SHA-256 is recorded as run tag ``sparsepipe.sha256.<artifact path>``
+CHECKSUMMED_SUFFIXES = (".pt", ".onnx")
+CHECKSUM_TAG_PREFIX = "sparsepipe.sha256."
 _BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9_\-./ ]")
 
 
@@ -319,6 +323,11 @@ class MlflowTracker(Tracker):
             self.client.log_artifacts(self.run_id, str(local), artifact_path=dest)
         else:
             self.client.log_artifact(self.run_id, str(local), artifact_path=artifact_path)
+            if local.suffix in CHECKSUMMED_SUFFIXES:  # checked by verify_artifact on read
+                from sparsepipe.storage import file_sha256
+
+                key = f"{artifact_path.strip('/')}/{local.name}" if artifact_path else local.name
+                self.client.set_tag(self.run_id, f"{CHECKSUM_TAG_PREFIX}{key}", file_sha256(local))
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
@@ -500,3 +509,42 @@ def resolve_tracker(
             f"MLflow tracking at {shown} failed: {exc.message if hasattr(exc, 'message') else exc}"
             ". Check MLFLOW_TRACKING_URI and the server's log, or turn tracking off."
         ) from None
+
+
+def download_verified_artifact(run_id: str, artifact_path: str, dst_dir: str | os.PathLike[str],
+                               tracking_uri: str | None = None) -> Path:
+    """Download one logged file of run ``run_id`` and check it against its ``sparsepipe.sha256.*`` tag.
+
+    The file appears at ``dst_dir/<name>`` only after it matched (temporary name, then rename);
+    a mismatch or a missing checksum tag raises :class:`TrackingError` naming the run and file.
+    """
+    import tempfile
+
+    import mlflow.artifacts
+    from mlflow.tracking import MlflowClient
+
+    from sparsepipe.results import atomic_copy
+    from sparsepipe.storage import file_sha256
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
+    key = artifact_path.strip("/")
+    expected = MlflowClient(tracking_uri=uri or None).get_run(run_id).data.tags.get(CHECKSUM_TAG_PREFIX + key)
+    if not expected:
+        raise TrackingError(
+            f"Run {run_id} has no {CHECKSUM_TAG_PREFIX}{key} tag, so {key} cannot be verified. Only files logged "
+            f"by sparsepipe (.pt/.onnx through Tracker.log_artifact) carry one; re-log the file with sparsepipe."
+        )
+    dst = Path(dst_dir)
+    dst.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".verify-", dir=dst) as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=key, dst_path=tmp,
+                                                         tracking_uri=uri or None))
+        got = file_sha256(local)
+        if got != expected:
+            raise TrackingError(
+                f"{key} of run {run_id} has SHA-256 {got[:12]}..., but {expected[:12]}... was recorded when it was "
+                f"logged: the stored artifact was changed or corrupted. Re-run the step that logged it."
+            )
+        target = dst / local.name
+        atomic_copy(local, target)
+    return target
