@@ -48,6 +48,9 @@ def test_qat_onnx_runs_integer_conv_kernels(run):
     # yolov8n has 57 conv+bn+act blocks: all integer; 7 plain head convs (6 box/class outputs + DFL) stay float
     assert opt["int8_conv_nodes"] == 57 and opt["float_conv_nodes"] == 7
     assert opt["stray_dq_conv"] == []  # no DequantizeLinear -> float Conv left on the hot path
+    # one integer path: SiLU, residual adds, concats, pooling run as integer ops between the convs
+    assert opt["float_hot_path"] == [] and run.metrics["float_hot_path_ops"] == 0
+    assert opt["ops"]["QLinearSigmoid"] == opt["ops"]["QLinearMul"] == 57 and opt["ops"]["QLinearAdd"] == 6
     assert run.metrics["int8_conv_nodes"] == 57
     assert 0 < run.metrics["size_gz_mb"] < run.metrics["size_mb"] < 4.0  # int8 weights: ~1/4 of fp32 yolov8n
     assert set(run.files) >= {"int8_onnx", "weights"}
@@ -149,6 +152,9 @@ def test_onnx_matches_the_fake_quant_torch_model(fresh):
                 "int8": (ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]), 0.15)}
     opt = optimized_graph_ops(path)
     assert opt["int8_conv_nodes"] == 57 and not opt["stray_dq_conv"]
+    # QDQ only where this recipe fake-quantizes: SiLU, adds, concats run in float between the
+    # integer convs (what export_layout="integer" removes, test_qat_onnx_runs_integer_conv_kernels)
+    assert {"/model.0/act/Sigmoid", "/model.0/act/Mul"} <= set(opt["float_hot_path"])
     for seed in range(4):
         x = np.random.default_rng(seed).random((1, 3, 64, 64), dtype=np.float32)
         with torch.no_grad():
@@ -173,12 +179,20 @@ def test_pruned_weights_stay_zero_in_int8_initializers(run):
     targets = state["targets"]
     assert len(targets) > 30
     inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(run.path("int8_onnx"))).graph.initializer}
+    converted = convert_for_export(model)
+    folded = {f"{n}.conv.weight": m.weight_quant for n, m in converted.named_modules() if hasattr(m, "weight_quant")}
     for name in targets:
-        q = inits[f"{name}_int8"]
+        q = inits[f"{name}_quantized"]
         assert q.dtype == np.int8
         zero = (weights[name] == 0).numpy()
         assert zero.mean() == pytest.approx(0.5, abs=0.01), name
         assert (q[zero] == 0).all(), name  # every pruned weight is exactly 0 in INT8 (zero point 0)
+        # the integers are the ones QAT trained with: its per-channel scales, its rounding
+        scale = folded[name].scale.numpy()
+        np.testing.assert_allclose(inits[f"{name}_scale"], scale, rtol=1e-6)
+        trained_q = np.rint(converted.get_submodule(name.removesuffix(".conv.weight")).conv.weight.detach().numpy()
+                            / scale.reshape(-1, 1, 1, 1))
+        assert (q == trained_q).mean() > 0.999, name  # ties may round the other way
 
 
 def test_scheme_overrides_and_ignore_reach_the_modules(run):
@@ -289,8 +303,9 @@ def test_qat_composes_with_per_layer_distillation(trained, tmp_path):
     result = sparsify(str(trained.train_dir), str(trained.data_dir), str(recipe), tmp_path / "train",
                       SparsifyConfig(**CONFIG), teacher="self", callbacks={"on_train_start": [on_train_start]})
     assert seen == {"distilling": True, "qat_convs": 57}
-    path = export_int8_onnx(result.path("weights"), tmp_path / "model_int8.onnx", imgsz=64)
-    assert optimized_graph_ops(path)["int8_conv_nodes"] == 57
+    path = export_int8_onnx(result.path("weights"), tmp_path / "model_int8.onnx", imgsz=64, layout="qat")
+    opt = optimized_graph_ops(path)
+    assert opt["int8_conv_nodes"] == 57 and opt["float_hot_path"]  # the layout for OpenVINO: SiLU stays float
 
 
 def test_inputs_quantized_upstream_get_a_lossless_qdq_pair(tmp_path):

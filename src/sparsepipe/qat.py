@@ -611,9 +611,9 @@ def optimized_graph_ops(path: str | Path, threads: int = 1) -> dict[str, Any]:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.optimized_model_filepath = str(opt)
         so.intra_op_num_threads = threads
+        so.log_severity_level = 3  # the "hardware specific optimizations" warning is expected
         ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         graph = onnx.load(str(opt)).graph
-    producers = {o: n for n in graph.node for o in n.output}
     ops: dict[str, int] = {}
     for n in graph.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
@@ -628,18 +628,212 @@ def optimized_graph_ops(path: str | Path, threads: int = 1) -> dict[str, Any]:
              and getattr(ex_producers.get(n.input[1]), "op_type", "") == "DequantizeLinear" for o in n.output}
     stray = [n.name for n in graph.node if n.op_type in float_conv and n.output
              and n.output[0].removesuffix("_nchwc") in meant]
-    return {"ops": ops, "int8_conv_nodes": int_convs, "float_conv_nodes": float_convs, "stray_dq_conv": stray}
+    return {"ops": ops, "int8_conv_nodes": int_convs, "float_conv_nodes": float_convs, "stray_dq_conv": stray,
+            "float_hot_path": float_hot_path(graph)}
 
 
-def export_int8_onnx(checkpoint: str | Path, target: str | Path, imgsz: int, opset: int = 17) -> Path:
+# ops of an optimized graph that pass their input's element type through (uint8 in, uint8 out)
+_TYPE_PRESERVING_OPS = {"Split", "Resize", "Reshape", "Transpose", "Slice", "Squeeze", "Unsqueeze", "Flatten",
+                        "Identity", "MaxPool", "Concat", "Gather"}
+_INT_CONV_OPS = {"QLinearConv", "ConvInteger", "NhwcQLinearConv", "QLinearConvTranspose"}
+
+
+def float_hot_path(graph: Any) -> list[str]:
+    """Nodes of an onnxruntime-optimized graph that compute in float *between* integer convs:
+    their output is float and an integer conv is reachable from it (e.g. a float Sigmoid/Mul of a
+    SiLU whose output is quantized again for the next QLinearConv). Empty = one integer path
+    from the first QuantizeLinear to the head's float decode."""
+    integer: dict[str, bool] = {i.name: False for i in graph.input}
+    for init in graph.initializer:
+        integer[init.name] = init.data_type not in (1, 10, 11, 16)  # float, float16, double, bfloat16
+    for node in graph.node:  # the optimized graph is topologically sorted
+        if node.op_type == "QuantizeLinear" or node.op_type.startswith(("QLinear", "Nhwc")) or node.op_type in _INT_CONV_OPS:
+            out = True
+        elif node.op_type in _TYPE_PRESERVING_OPS and node.input:
+            out = integer.get(node.input[0], False)
+        else:
+            out = False
+        for name in node.output:
+            integer[name] = out
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def feeds_int_conv(node: Any) -> bool:
+        return any(reaches.get(user.name, False) for out in node.output for user in consumers.get(out, []))
+
+    reaches: dict[str, bool] = {}
+    for node in reversed(graph.node):  # reverse topological order: users before producers
+        reaches[node.name] = node.op_type in _INT_CONV_OPS or feeds_int_conv(node)
+    return [n.name for n in graph.node if n.output and not integer.get(n.output[0], False)
+            and n.op_type not in _INT_CONV_OPS and n.op_type != "DequantizeLinear" and feeds_int_conv(n)]
+
+
+EXPORT_LAYOUTS = ("integer", "qat")
+# ops whose output onnxruntime's QDQ quantizer puts on its input's grid (scale shared with the input)
+_SHARED_QPARAM_OPS = {"Split", "MaxPool", "Resize", "Reshape", "Transpose", "Slice", "Squeeze", "Unsqueeze",
+                      "Flatten", "Identity"}
+
+
+def _onnx_scope(name: str) -> str:
+    """ONNX node-name scope torch's exporter gives module ``name``: ``model.2.m.0.cv1`` ->
+    ``/model.2/m.0/cv1``; an index into an indexed child opens a level: ``model.22.cv2.0.0`` ->
+    ``/model.22/cv2.0/cv2.0.0``."""
+    levels: list[str] = []
+    indexed = False  # the last level ends in an index
+    for part in name.split("."):
+        if part.isdigit() and levels:
+            if indexed:
+                levels.append(f"{levels[-1]}.{part}")
+            else:
+                levels[-1] += f".{part}"
+            indexed = True
+        else:
+            levels.append(part)
+            indexed = False
+    return "/" + "/".join(levels)
+
+
+def _uint8_qparams(fq: nn.Module | None) -> tuple[float, int] | None:
+    """A frozen per-tensor activation quantizer as a uint8 ``(scale, zero point)`` (None if off).
+
+    A symmetric int8 grid ``s * [-128, 127]`` is the uint8 grid ``s * ([0, 255] - 128)``: same values."""
+    if not isinstance(fq, FakeQuant) or not fq.frozen or fq.per_channel:
+        return None
+    scale, zero = float(fq.scale), int(fq.zero_point)
+    return (scale, zero - fq.quant_min) if fq.quant_min < 0 else (scale, zero)
+
+
+def learned_points(model: nn.Module) -> tuple[dict[tuple[str, str], tuple[float, int]], list[tuple[str, str]]]:
+    """What QAT learned on a converted model (:func:`convert_for_export`), by module and point.
+
+    Returns ``(ranges, float_points)``: ``ranges[(module, point)] = (scale, uint8 zero point)`` for
+    point ``input`` / ``conv_out`` / ``act_out`` of each conv block and ``add_0`` / ``add_1`` of
+    each residual add; ``float_points``: ``(module, "conv" | "act" | "add")`` the recipe kept in
+    float (no weight quantizer; no activation quantizer; an add input without quantizer).
+    """
+    ranges: dict[tuple[str, str], tuple[float, int]] = {}
+    floats: list[tuple[str, str]] = []
+    for name, module in model.named_modules():
+        if isinstance(module, FoldedConv):
+            for point, fq in (("input", module.input_quant), ("conv_out", module.act_input_quant),
+                              ("act_out", module.output_quant)):
+                qp = _uint8_qparams(fq)
+                if qp is not None:
+                    ranges[(name, point)] = qp
+            if not isinstance(module.weight_quant, FakeQuant):
+                floats.append((name, "conv"))
+            if not isinstance(module.act_input_quant, FakeQuant) and not isinstance(module.output_quant, FakeQuant):
+                floats.append((name, "act"))
+        elif isinstance(module, QATBottleneck) and module.add:
+            for i in (0, 1):
+                add_input = getattr(module, f"add_input_{i}", None)
+                qp = _uint8_qparams(getattr(add_input, "quant", None))
+                if qp is None:
+                    floats.append((name, "add"))
+                else:
+                    ranges[(name, f"add_{i}")] = qp
+    return ranges, list(dict.fromkeys(floats))
+
+
+def _strip_quantizers(model: nn.Module) -> nn.Module:
+    """The float form of a converted model: every fake quantizer replaced by identity, in place."""
+    for module in model.modules():
+        if isinstance(module, FoldedConv):
+            module.input_quant = module.weight_quant = nn.Identity()
+            module.act_input_quant = module.output_quant = nn.Identity()
+        elif isinstance(module, AddInput):
+            module.quant = nn.Identity()
+    return model
+
+
+def qdq_plan(graph_model: Any, ranges: dict[tuple[str, str], tuple[float, int]],
+             floats: list[tuple[str, str]]) -> tuple[list[str], dict[str, tuple[float, int]]]:
+    """Map learned points onto the float ONNX graph: ``(nodes kept float, {tensor: (scale, zero)})``.
+
+    A learned input range goes on the tensor the conv (or add) reads, followed back through ops
+    whose output shares its input's grid (Split, MaxPool, nearest Resize...). Where two learned
+    ranges land on one tensor (Detect's box and class branches read the same feature map), the
+    wider one is kept, so neither clips. A learned point the graph lacks is an error.
+    """
+    graph = graph_model.graph
+    nodes = {n.name: n for n in graph.node}
+    producers = {o: n for n in graph.node for o in n.output}
+
+    def node(name: str) -> Any:
+        if name not in nodes:
+            raise SparsepipeError(
+                f"The QAT export cannot find ONNX node '{name}' to carry the learned quantization range to; "
+                f"the module names of the checkpoint do not match its export. Use export_layout='qat'.")
+        return nodes[name]
+
+    def root(tensor: str) -> str:
+        src = producers.get(tensor)
+        while src is not None and src.op_type in _SHARED_QPARAM_OPS and src.input:
+            tensor = src.input[0]
+            src = producers.get(tensor)
+        return tensor
+
+    overrides: dict[str, tuple[float, int]] = {}
+
+    def put(tensor: str, qp: tuple[float, int]) -> None:
+        if tensor not in overrides or overrides[tensor][0] < qp[0]:
+            overrides[tensor] = qp
+
+    for (module, point), qp in ranges.items():
+        scope = _onnx_scope(module)
+        if point == "input":
+            put(root(node(f"{scope}/Conv").input[0]), qp)
+        elif point == "conv_out":
+            put(node(f"{scope}/Conv").output[0], qp)
+        elif point == "act_out":
+            put(node(f"{scope}/act/Mul").output[0], qp)
+        else:
+            put(root(node(f"{scope}/Add").input[int(point[-1])]), qp)
+    excluded: list[str] = []
+    for module, kind in floats:
+        scope = _onnx_scope(module)
+        names = {"conv": [f"{scope}/Conv"], "act": [f"{scope}/act/Sigmoid", f"{scope}/act/Mul"],
+                 "add": [f"{scope}/Add"]}[kind]
+        excluded += [node(n).name for n in names]
+    return excluded, overrides
+
+
+def _checkpoint_data(checkpoint: Path) -> str | None:
+    ckpt = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
+    args = ckpt.get("train_args") if isinstance(ckpt, dict) else None
+    data = args.get("data") if isinstance(args, dict) else None
+    return str(data) if data and Path(str(data)).is_file() else None
+
+
+def export_int8_onnx(checkpoint: str | Path, target: str | Path, imgsz: int, opset: int = 17,
+                     data: str | None = None, layout: str = "integer", calibration: Any = None) -> Path:
     """Export a QAT checkpoint (.pt of a prepared model) to a QDQ INT8 ONNX at ``target``.
 
-    Uses ultralytics' exporter on the converted model, so the file carries its metadata
-    (names, stride, imgsz, task) and ``YOLO(target).val()`` works.
+    ``layout="integer"`` (default): QDQ wherever PTQ puts it (conv outputs, SiLU, residual adds,
+    concats, pooling, upsampling; the head decode float), so onnxruntime runs one integer path;
+    the ranges QAT learned are used as they are, the others (e.g. the sigmoid inside SiLU) are
+    calibrated on ``data``'s train split (default: the data the checkpoint was trained on) with
+    ``calibration`` (a :class:`sparsepipe.quantize.QuantizeConfig`). ``layout="qat"``: QDQ only
+    at the points the recipe fake-quantized (the torch exporter's output). Both use
+    ultralytics' exporter on the converted model, so the file carries its metadata (names,
+    stride, imgsz, task) and ``YOLO(target).val()`` works.
     """
     from sparsepipe.models import load_yolo
 
+    if layout not in EXPORT_LAYOUTS:
+        from sparsepipe.errors import ConfigError
+
+        raise ConfigError(f"export_layout={layout!r}: choose integer (onnxruntime's integer path) or qat.")
     checkpoint, target = Path(checkpoint), Path(target)
+    if layout == "integer":
+        data = data or _checkpoint_data(checkpoint)
+        if data is None:
+            raise SparsepipeError(
+                f"The integer export of '{checkpoint}' calibrates the ranges QAT did not learn on training "
+                f"images, but the checkpoint names no dataset that exists here; pass --data SOURCE (or use "
+                f"export_layout='qat').")
     staging = Path(tempfile.mkdtemp(prefix=".qat-export-", dir=target.parent))
     try:
         staged = staging / "model_int8.pt"
@@ -649,13 +843,26 @@ def export_int8_onnx(checkpoint: str | Path, target: str | Path, imgsz: int, ops
             raise SparsepipeError(f"{checkpoint} holds no QAT model: run QAT (a recipe with a "
                                   f"QuantizationModifier) first, or use PTQ for a float checkpoint.")
         convert_for_export(yolo.model.float())
+        if layout == "qat":
+            exported = yolo.export(format="onnx", imgsz=imgsz, batch=1, dynamic=False, opset=opset,
+                                   simplify=False, device="cpu")
+            if not exported or not Path(exported).is_file():
+                raise SparsepipeError(f"ultralytics did not produce an ONNX file for '{checkpoint}'.")
+            int8_initializers(exported)
+            requantize_conv_inputs(exported)
+            Path(exported).replace(target)
+            return target
+        from sparsepipe.quantize import QuantizeConfig, quantize_onnx, sample_images, train_images
+
+        ranges, floats = learned_points(yolo.model)
+        _strip_quantizers(yolo.model)
         exported = yolo.export(format="onnx", imgsz=imgsz, batch=1, dynamic=False, opset=opset,
-                               simplify=False, device="cpu")
+                               simplify=True, device="cpu")
         if not exported or not Path(exported).is_file():
             raise SparsepipeError(f"ultralytics did not produce an ONNX file for '{checkpoint}'.")
-        int8_initializers(exported)
-        requantize_conv_inputs(exported)
-        Path(exported).replace(target)
+        config = calibration or QuantizeConfig(evaluate=False)
+        images = sample_images(train_images(str(data)), config.calibration_images, config.seed)
+        quantize_onnx(Path(exported), target, images, imgsz, config, plan=lambda pre: qdq_plan(pre, ranges, floats))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -668,9 +875,17 @@ class QATConfig(SparsifyConfig):
 
     variant: str = "qat_int8"
     opset: int = 17  # ONNX opset of the INT8 export (>= 13 for per-channel QuantizeLinear)
+    # integer: QDQ at every point PTQ quantizes (learned ranges reused, the rest calibrated on 64 train
+    # images), onnxruntime's fast integer path; qat: QDQ only where the recipe fake-quantized (docs/qat.md)
+    export_layout: str = "integer"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.export_layout not in EXPORT_LAYOUTS:
+            from sparsepipe.errors import ConfigError
+
+            raise ConfigError(f"export_layout={self.export_layout!r}: choose integer (onnxruntime's integer "
+                              f"path, default) or qat (QDQ only where the recipe fake-quantized).")
         if not isinstance(self.opset, int) or not 13 <= self.opset <= 21:
             from sparsepipe.errors import ConfigError
 
@@ -715,7 +930,8 @@ def qat(model: str, data: str, recipe: str | None, out: str | Path, config: QATC
     trained = sparsify(model, data, recipe, out / "train", train_cfg, recipe_args=recipe_args,
                        teacher=teacher, resume=resume, tracker=tracker)
     weights = trained.path("weights")
-    target = export_int8_onnx(weights, out / "model_int8.onnx", config.imgsz, config.opset)
+    target = export_int8_onnx(weights, out / "model_int8.onnx", config.imgsz, config.opset,
+                              data=trained.files["data_yaml"], layout=config.export_layout)
     graph = optimized_graph_ops(target)
     evaluated = evaluate(str(target), trained.files["data_yaml"], out / "evaluate",
                          EvaluateConfig(imgsz=config.imgsz, device="cpu", variant=config.variant))
@@ -725,6 +941,7 @@ def qat(model: str, data: str, recipe: str | None, out: str | Path, config: QATC
         "float_conv_nodes": float(graph["float_conv_nodes"]),
         "params": trained.metrics.get("params", math.nan),
         "stray_dq_conv": float(len(graph["stray_dq_conv"])),
+        "float_hot_path_ops": float(len(graph["float_hot_path"])),
         **{k: v for k, v in evaluated.metrics.items() if k in ("map50", "map50_95", "mask_map50", "mask_map50_95")},
         "fake_quant_map50_95": trained.metrics.get("map50_95", math.nan),
         "sparsity": trained.metrics.get("sparsity", 0.0),
@@ -737,7 +954,7 @@ def qat(model: str, data: str, recipe: str | None, out: str | Path, config: QATC
         metrics=metrics,
         config={"method": "qat", "model": model, "data": data, "recipe": recipe, "resume": resume,
                 **dataclasses.asdict(config)},
-        extra={"ops": graph["ops"], "stray_dq_conv": graph["stray_dq_conv"]},
+        extra={"ops": graph["ops"], "stray_dq_conv": graph["stray_dq_conv"], "float_hot_path": graph["float_hot_path"]},
     )
     tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)})
     tracker.log_artifact(str(target), "quantize")

@@ -31,7 +31,7 @@ import dataclasses
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -388,55 +388,23 @@ def _fp32_onnx(model: str, out: Path, config: QuantizeConfig) -> Path:
     return export.path("onnx")
 
 
-def _variant(model: str, config: QuantizeConfig) -> str:
-    if config.variant:
-        return config.variant
-    source = inherited_variant(model)
-    return "ptq" if source in ("", "baseline") else f"{source}-ptq"
+def quantize_onnx(fp32: Path, target: Path, images: list[Path], imgsz: int, config: QuantizeConfig,
+                  plan: Callable[[Any], tuple[list[str], dict[str, tuple[float, int]]]] | None = None,
+                  ) -> tuple[Path, list[str], list[str]]:
+    """Calibrated static QDQ quantization of the FP32 ONNX ``fp32`` into ``target`` (atomic).
 
-
-def quantize(model: str, data: str, out: str | Path, config: QuantizeConfig | None = None, tracker: Any = None) -> StepResult:
-    """Quantize ``model`` to ``<out>/model_int8.onnx`` (PTQ, calibrated on ``data``'s train split)."""
+    ``plan(preprocessed ModelProto) -> (node names kept float, {tensor: (scale, zero point)})``:
+    the QAT export's learned ranges, used instead of calibrated ones for those tensors.
+    Returns ``(target, float nodes, quantized op types)``.
+    """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from sparsepipe.tracking import Tracker
-
-    config = config or QuantizeConfig()
-    if config.method == "qat":
-        raise SparsepipeError(
-            "Quantization-aware training needs a recipe and training settings: call "
-            "sparsepipe.qat.qat(model, data, recipe, out, QATConfig(...)) or run "
-            "`sparsepipe quantize --method qat --recipe RECIPE ...`; quantize() itself does PTQ."
-        )
-    tracker = tracker or Tracker()
-    out = begin_step(out)
-    variant = _variant(model, config)
-
-    fp32 = _fp32_onnx(model, out, config)
     fp32_model = onnx.load(str(fp32))
-    _refuse_quantized_onnx(fp32_model, fp32)
-    input_name, dims = _input_shape(fp32_model)
-    static = len(dims) == 4 and all(isinstance(d, int) and d > 0 for d in dims[2:])
-    if static:
-        if dims[2] != dims[3]:
-            raise ModelError(f"'{fp32}' has a non-square input {dims}; export it square (--imgsz N).")
-        if config.imgsz is not None and config.imgsz != dims[2]:
-            raise ConfigError(
-                f"imgsz={config.imgsz} does not match '{fp32.name}', whose input is static at {dims[2]} px "
-                f"({dims}): calibration images of the wrong size would not fit it. Use --imgsz {dims[2]}, "
-                f"or re-export the model at {config.imgsz}."
-            )
-        if isinstance(dims[0], int) and dims[0] != 1:
-            raise ModelError(f"'{fp32}' has a static batch of {dims[0]}; export it with batch 1 for PTQ.")
-        imgsz = int(dims[2])
-    else:
-        imgsz = config.imgsz or DEFAULT_IMGSZ
+    input_name, _ = _input_shape(fp32_model)
     opset = max((o.version for o in fp32_model.opset_import if o.domain in ("", "ai.onnx")), default=17)
-    images = sample_images(train_images(data), config.calibration_images, config.seed)
-
-    staging = Path(tempfile.mkdtemp(prefix=".quantize-", dir=out))
+    staging = Path(tempfile.mkdtemp(prefix=".quantize-", dir=target.parent))
     try:
         pre = staging / "pre.onnx"
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=False)
@@ -455,11 +423,18 @@ def quantize(model: str, data: str, out: str | Path, config: QuantizeConfig | No
             )
         head = head_float_nodes(pre_model) if config.exclude_head else []
         head += downstream_nodes(pre_model, head)
-        excluded = list(dict.fromkeys(head + list(config.exclude_nodes)))
+        exclude, overrides = plan(pre_model) if plan is not None else ([], {})
+        excluded = list(dict.fromkeys(head + list(config.exclude_nodes) + list(exclude)))
         extra: dict[str, Any] = {
             "WeightSymmetric": True,  # zero point 0: exact zeros stay 0, U8S8/S8S8 kernels
             "ActivationSymmetric": config.activation_type == "int8",
         }
+        if overrides:
+            act_type = np.uint8 if config.activation_type == "uint8" else np.int8
+            extra["TensorQuantOverrides"] = {
+                name: [{"scale": np.array(scale, dtype=np.float32), "zero_point": np.array(zero, dtype=act_type)}]
+                for name, (scale, zero) in overrides.items()
+            }
         if config.calibration_method == "percentile":
             extra["CalibPercentile"] = float(config.percentile)
         quantized = staging / "int8.onnx"
@@ -493,9 +468,58 @@ def quantize(model: str, data: str, out: str | Path, config: QuantizeConfig | No
         del int8_model.metadata_props[:]
         for prop in fp32_model.metadata_props:
             int8_model.metadata_props.add(key=prop.key, value=prop.value)
-        target = atomic_write_with(out / "model_int8.onnx", lambda tmp: onnx.save(int8_model, tmp))
+        target = atomic_write_with(target, lambda tmp: onnx.save(int8_model, tmp))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return target, excluded, op_types
+
+
+def _variant(model: str, config: QuantizeConfig) -> str:
+    if config.variant:
+        return config.variant
+    source = inherited_variant(model)
+    return "ptq" if source in ("", "baseline") else f"{source}-ptq"
+
+
+def quantize(model: str, data: str, out: str | Path, config: QuantizeConfig | None = None, tracker: Any = None) -> StepResult:
+    """Quantize ``model`` to ``<out>/model_int8.onnx`` (PTQ, calibrated on ``data``'s train split)."""
+    import onnx
+
+    from sparsepipe.tracking import Tracker
+
+    config = config or QuantizeConfig()
+    if config.method == "qat":
+        raise SparsepipeError(
+            "Quantization-aware training needs a recipe and training settings: call "
+            "sparsepipe.qat.qat(model, data, recipe, out, QATConfig(...)) or run "
+            "`sparsepipe quantize --method qat --recipe RECIPE ...`; quantize() itself does PTQ."
+        )
+    tracker = tracker or Tracker()
+    out = begin_step(out)
+    variant = _variant(model, config)
+
+    fp32 = _fp32_onnx(model, out, config)
+    fp32_model = onnx.load(str(fp32))
+    _refuse_quantized_onnx(fp32_model, fp32)
+    _, dims = _input_shape(fp32_model)
+    static = len(dims) == 4 and all(isinstance(d, int) and d > 0 for d in dims[2:])
+    if static:
+        if dims[2] != dims[3]:
+            raise ModelError(f"'{fp32}' has a non-square input {dims}; export it square (--imgsz N).")
+        if config.imgsz is not None and config.imgsz != dims[2]:
+            raise ConfigError(
+                f"imgsz={config.imgsz} does not match '{fp32.name}', whose input is static at {dims[2]} px "
+                f"({dims}): calibration images of the wrong size would not fit it. Use --imgsz {dims[2]}, "
+                f"or re-export the model at {config.imgsz}."
+            )
+        if isinstance(dims[0], int) and dims[0] != 1:
+            raise ModelError(f"'{fp32}' has a static batch of {dims[0]}; export it with batch 1 for PTQ.")
+        imgsz = int(dims[2])
+    else:
+        imgsz = config.imgsz or DEFAULT_IMGSZ
+    images = sample_images(train_images(data), config.calibration_images, config.seed)
+
+    target, excluded, op_types = quantize_onnx(fp32, out / "model_int8.onnx", images, imgsz, config)
 
     counts = conv_kernel_counts(optimized_graph(target))
     metrics: dict[str, float] = {**file_sizes(target), **{k: float(v) for k, v in counts.items()}}
