@@ -9,6 +9,7 @@ that calls ``sparsepipe.kfp_support.run_<step>``.
 
 from components.benchmark import benchmark_model
 from components.data import prepare_data
+from components.deploy import deploy_model
 from components.evaluate import evaluate_model
 from components.export import export_onnx
 from components.images import CPU_IMAGE, TRAIN_IMAGE
@@ -25,6 +26,7 @@ __all__ = [
     "build_report",
     "build_sweep_report",
     "close_tracking_run",
+    "deploy_model",
     "evaluate_model",
     "export_onnx",
     "open_tracking_run",
