@@ -207,7 +207,7 @@ class QATConv(nn.Module):
         x = self.input_quant(x)
         wq = self.weight_quant
         if not getattr(wq, "enabled", False) and not getattr(wq, "frozen", False):
-            y = self.bn(self._conv(x, self.conv.weight, self.conv.bias))  # plain conv + bn
+            y = self.bn(self.conv(x))  # plain conv + bn (the module call lets torch-pruning trace it)
         else:
             scale = self._bn_scale()
             weight = wq(self.conv.weight * scale.reshape(-1, 1, 1, 1))
@@ -414,6 +414,14 @@ def qat_trainer_class(base: type, controller: QATController) -> type:
 
     def get_model(trainer: Any, cfg: Any = None, weights: Any = None, verbose: bool = True) -> nn.Module:
         prepared = weights if is_prepared(weights) else None
+        if prepared is not None and getattr(base, "keeps_architecture", False):
+            from sparsepipe.channel_pruning import is_splitfree
+
+            if is_splitfree(prepared):  # channel-pruned: the YAML no longer builds this architecture
+                model = copy.deepcopy(prepared).float()
+                for p in model.parameters():
+                    p.requires_grad_(True)
+                return model
         model = base.get_model(trainer, cfg=cfg, weights=None if prepared is not None else weights,
                                verbose=verbose)
         controller.prepare(model)

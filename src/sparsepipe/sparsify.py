@@ -181,6 +181,12 @@ def sparsify(
 
         qat_controller = QATController(loaded, session)
         session.state_hooks.append(qat_controller.state)
+    from sparsepipe.channel_pruning import ChannelPruningController, channel_modifier, keep_architecture_trainer
+
+    channels = None
+    if channel_modifier(loaded) is not None:  # structured pruning: torch-pruning steps (sparsepipe.channel_pruning)
+        channels = ChannelPruningController(loaded, session, resume_state)
+        session.state_hooks.append(channels.state)
 
     # 2. Train.
     for event, function in {**epoch_logger(tracker)}.items():
@@ -189,6 +195,9 @@ def sparsify(
         yolo.add_callback(event, function)
     if qat_controller is not None:
         for event, function in qat_controller.callbacks().items():
+            yolo.add_callback(event, function)
+    if channels is not None:
+        for event, function in channels.callbacks().items():
             yolo.add_callback(event, function)
     for event, functions in (callbacks or {}).items():
         for function in functions:
@@ -208,6 +217,8 @@ def sparsify(
         **({"lr0": config.lr0} if config.lr0 is not None else {}), **config.extra, **session.ultralytics_overrides(),
     }
     trainer_cls = distill.trainer_class(yolo.task) if distill else trainer_class(yolo.task)
+    # a channel-pruned checkpoint keeps its own architecture; a channel-pruning run goes split-free
+    trainer_cls = keep_architecture_trainer(trainer_cls, convert=channels is not None)
     if qat_controller is not None:
         from sparsepipe.qat import qat_trainer_class
 
@@ -246,12 +257,22 @@ def sparsify(
         "epochs": float(epochs_needed),
         "time_per_epoch_s": round(seconds / max(1, epochs_needed - (resume_state or {}).get("epoch", 0)), 3),
     }
+    files_extra: dict[str, str] = {}
+    from sparsepipe.channel_pruning import channel_ratio, channel_table, is_splitfree, macs_and_params
+
+    if is_splitfree(final):  # channel-pruned: GMACs / params / per-layer channels before and after
+        macs, _ = macs_and_params(final, config.imgsz)
+        metrics["gmacs"] = round(macs / 1e9, 4)
+        metrics["channel_ratio"] = round(channel_ratio(final), 4)
+        files_extra["channels"] = str(atomic_write_text(out / "channels.json", json.dumps(
+            {"imgsz": config.imgsz, "history": channels.history if channels else [],
+             "layers": channel_table(final)}, indent=2) + "\n"))
     result = StepResult(
         step="sparsify",
         out_dir=str(out),
         variant=config.variant,
         files={"weights": str(weights), "sparsity": str(table_path), "sparsity_chart": str(chart),
-               "last": str(last), "data_yaml": str(data_yaml)},
+               "last": str(last), "data_yaml": str(data_yaml), **files_extra},
         metrics=metrics,
         config={"model": model, "data": data, "recipe": recipe, "recipe_args": args, "teacher": teacher,
                 "resume": resume, **dataclasses.asdict(config)},

@@ -110,6 +110,7 @@ def train(
     final metrics and the weights; ``None`` logs nothing. ``callbacks`` maps ultralytics
     event names to extra functions called with the trainer (ultralytics' callback API).
     """
+    from sparsepipe.channel_pruning import keep_architecture_trainer
     from sparsepipe.data import resolve_data
     from sparsepipe.models import count_params, load_yolo
     from sparsepipe.tracking import Tracker
@@ -139,7 +140,7 @@ def train(
         project=str(out),
         name=ULTRALYTICS_DIR,
         exist_ok=True,
-        trainer=trainer_class(yolo.task),
+        trainer=keep_architecture_trainer(trainer_class(yolo.task)),  # channel-pruned checkpoints keep their shapes
         **config.ultralytics_args(),
     )
     seconds = time.perf_counter() - started

@@ -10,6 +10,7 @@ integration calls.
 from __future__ import annotations
 
 from sparsepipe.modifiers.base import Modifier
+from sparsepipe.modifiers.channel_pruning import ChannelPruningModifier
 from sparsepipe.modifiers.distillation import DistillationModifier, PerLayerDistillationModifier
 from sparsepipe.modifiers.epoch import EpochRangeModifier
 from sparsepipe.modifiers.lr import (
@@ -37,6 +38,7 @@ from sparsepipe.modifiers.quantization import (
 )
 
 __all__ = [
+    "ChannelPruningModifier",
     "ConstantPruningModifier",
     "DistillationModifier",
     "EpochRangeModifier",

@@ -256,6 +256,12 @@ def validate_recipe(recipe: "Recipe", model: "torch.nn.Module | ModelIndex",
                     warnings.append(f"!QuantizationModifier: the model has no module of class "
                                     f"'{kind}' (classes: {', '.join(sorted(index.class_names))})")
             rep.targets = {k: mod.as_scheme() for k in (mod.submodules or ["(whole model)"])}
+        elif type(mod).__name__ == "ChannelPruningModifier":
+            from sparsepipe.channel_pruning import unmatched_selectors
+
+            for text in unmatched_selectors(list(index.modules), mod):
+                problems.append(f"!ChannelPruningModifier: {text} matches no module (module names "
+                                f"look like 'model.4.cv2', or use a regex such as 're:^model\\.2[01]\\.')")
         elif isinstance(mod, PerLayerDistillationModifier):
             for student, teach in mod.layer_pairs():
                 if student not in index.modules:

@@ -1,0 +1,317 @@
+"""Channel pruning during ultralytics training: torch-pruning steps + trainer rebuild.
+
+    sparsepipe sparsify --model runs/train --data synthetic --recipe recipes/yolov8n-channels50.yaml --out runs/channels50
+
+:class:`ChannelPruningController` follows a recipe's ``!ChannelPruningModifier`` schedule
+(:mod:`sparsepipe.modifiers.channel_pruning`). The model is first made split-free
+(:mod:`sparsepipe.splitfree`) by the trainer's ``get_model``; at each pruning step torch-pruning
+removes the lowest-scoring channel groups (conv outputs plus every tensor coupled to them),
+then everything that held references to the old parameters is rebuilt through the trainer's
+public attributes: the optimizer (same learning rates and weight decay per group, fresh
+momentum), the LR scheduler (same lambda and position), the EMA (a copy of the pruned model,
+update count kept) and sparsepipe's own unstructured-mask manager and its optimizer hook.
+
+Architecture: a model holding :class:`~sparsepipe.splitfree.SplitFreeC2f` blocks is no longer
+what its YAML builds. :func:`keep_architecture_trainer` makes a trainer's ``get_model`` return
+such a checkpoint's own module instead of rebuilding from the YAML, so ``sparsepipe train`` /
+``sparsify`` from a channel-pruned checkpoint and ``--resume`` keep the pruned shapes.
+The original channel count of every conv is stored on the model (``ORIGINAL_ATTR``), so the
+achieved ratio is known after reloads.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from sparsepipe.errors import SparsepipeError
+from sparsepipe.modifiers.channel_pruning import ChannelPruningModifier, selector_matches
+from sparsepipe.splitfree import SplitFreeC2f, to_splitfree
+
+ORIGINAL_ATTR = "sparsepipe_channels"  # {conv name: original out_channels}, pickled with the model
+STATE_KEY = "channel_pruning"
+TRACE_IMGSZ = 64  # input size for dependency tracing (any multiple of 32 >= 64 works)
+
+
+# ------------------------------------------------------------------------------ model helpers
+def is_splitfree(model: Any) -> bool:
+    """True when ``model`` holds split-free blocks (its architecture is not the YAML's)."""
+    return isinstance(model, nn.Module) and any(isinstance(m, SplitFreeC2f) for m in model.modules())
+
+
+def _alias(name: str) -> str:
+    """Module name as the unconverted model spells it (``cv1a``/``cv1b`` -> ``cv1``)."""
+    return name.replace(".cv1a", ".cv1").replace(".cv1b", ".cv1")
+
+
+def _matches(sel: str, name: str) -> bool:
+    return selector_matches(sel, name) or selector_matches(sel, _alias(name))
+
+
+def always_ignored(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Modules whose output channels are never pruned: the head's output convs, DFL, Proto's last conv."""
+    head_index = len(model.model) - 1
+    prefix = f"model.{head_index}."
+    out = []
+    for name, module in model.named_modules():
+        if not name.startswith(prefix):
+            continue
+        kind = type(module).__name__
+        if kind == "DFL":
+            out += [(name, module), (f"{name}.conv", module.conv)]
+        elif isinstance(module, nn.Conv2d) and not name.endswith(".conv"):  # raw nn.Conv2d = an output
+            out.append((name, module))
+        elif kind == "Proto":
+            out.append((f"{name}.cv3", module.cv3))
+    return out
+
+
+def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
+    """Every ``nn.Conv2d`` of ``model`` by name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def record_original(model: nn.Module) -> dict[str, int]:
+    """Store (once) and return the original output channels of every conv."""
+    original = getattr(model, ORIGINAL_ATTR, None)
+    if not original:
+        original = {n: int(m.out_channels) for n, m in conv_layers(model).items()}
+        setattr(model, ORIGINAL_ATTR, original)
+    return original
+
+
+def channel_table(model: nn.Module) -> dict[str, dict[str, int]]:
+    """``{conv: {"original", "channels"}}`` for every conv of a (pruned) model."""
+    original = getattr(model, ORIGINAL_ATTR, None) or {}
+    return {n: {"original": int(original.get(n, m.out_channels)), "channels": int(m.out_channels)}
+            for n, m in conv_layers(model).items()}
+
+
+def channel_ratio(model: nn.Module) -> float:
+    """Fraction of the original output channels removed from the prunable convs (all but the head outputs)."""
+    skip = {n for n, _ in always_ignored(model)}
+    table = {n: r for n, r in channel_table(model).items() if n not in skip}
+    original = sum(r["original"] for r in table.values())
+    return 1.0 - sum(r["channels"] for r in table.values()) / original if original else 0.0
+
+
+def macs_and_params(model: nn.Module, imgsz: int = 640) -> tuple[float, int]:
+    """(MACs, parameters) of one ``imgsz`` x ``imgsz`` image (torch-pruning's counter, on a copy)."""
+    import torch_pruning as tp
+
+    probe = copy.deepcopy(model).float().cpu().eval()
+    with torch.no_grad():
+        macs, params = tp.utils.count_ops_and_params(probe, torch.zeros(1, 3, imgsz, imgsz))
+    return float(macs), int(params)
+
+
+def _importance(name: str) -> Any:
+    import torch_pruning as tp
+
+    if name == "l1":
+        return tp.importance.GroupMagnitudeImportance(p=1)
+    if name == "l2":
+        return tp.importance.GroupMagnitudeImportance(p=2)
+    if name == "bn_scale":
+        return tp.importance.BNScaleImportance()
+    if name == "lamp":
+        return tp.importance.LAMPImportance(p=2)
+    raise SparsepipeError(f"unknown channel importance '{name}' (use l1, l2, bn_scale or lamp)")
+
+
+def target_ratios(model: nn.Module, modifier: ChannelPruningModifier) -> dict[str, float]:
+    """Final ratio of every prunable conv (``ratios`` overrides, else ``target_ratio``)."""
+    skip = {n for n, _ in always_ignored(model)}
+    out = {}
+    for name in conv_layers(model):
+        if name in skip or any(_matches(sel, name) for sel in modifier.ignore):
+            continue
+        ratio = modifier.target_ratio
+        for sel, value in modifier.ratios.items():
+            if _matches(sel, name):
+                ratio = value
+        out[name] = ratio
+    return out
+
+
+def unmatched_selectors(names: list[str], modifier: ChannelPruningModifier) -> list[str]:
+    """Selectors of ``ignore``/``ratios`` matching none of the module ``names`` (``cv1a`` also answers to ``cv1``)."""
+    return [f"{field} '{sel}'" for field, sels in (("ignore", modifier.ignore), ("ratios", modifier.ratios))
+            for sel in sels if not any(_matches(sel, n) for n in names)]
+
+
+def prune_to(model: nn.Module, modifier: ChannelPruningModifier, fraction: float) -> dict[str, int]:
+    """Prune ``model`` in place so each layer has lost ``fraction`` of the way to its target ratio.
+
+    ``fraction`` is the schedule position ``y(k/N)`` in [0, 1]; a layer with target ratio ``r``
+    ends with about ``original * (1 - r * fraction)`` channels (``round_to`` rounds).
+    Returns ``{conv: channels}`` after pruning.
+    """
+    import torch_pruning as tp
+
+    original = record_original(model)
+    convs = conv_layers(model)
+    ratios: dict[nn.Module, float] = {}
+    for name, final in target_ratios(model, modifier).items():
+        keep = original.get(name, convs[name].out_channels) * (1.0 - final * fraction)
+        current = convs[name].out_channels
+        ratios[convs[name]] = min(max(1.0 - keep / current, 0.0), 0.95) if current else 0.0
+    ignored = [m for _, m in always_ignored(model)]
+    ignored += [m for n, m in model.named_modules()
+                if n and any(_matches(sel, n) for sel in modifier.ignore) and isinstance(m, nn.Conv2d)]
+    was_training = model.training
+    device = next(model.parameters()).device
+    flags = {p: p.requires_grad for p in model.parameters()}
+    model.eval()  # tracing must not touch batch-norm statistics
+    try:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            pruner = tp.pruner.BasePruner(
+                model, torch.zeros(1, 3, TRACE_IMGSZ, TRACE_IMGSZ, device=device),
+                importance=_importance(modifier.importance), pruning_ratio=0.0,
+                pruning_ratio_dict=ratios, ignored_layers=ignored, round_to=modifier.round_to)
+            pruner.step()
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(flags.get(p, True))
+        model.train(was_training)
+    return {n: int(m.out_channels) for n, m in conv_layers(model).items()}
+
+
+# ------------------------------------------------------------------------------ recipe checks
+def channel_modifier(recipe: Any) -> ChannelPruningModifier | None:
+    """The recipe's one ChannelPruningModifier, or None; also checks how it combines with others."""
+    from sparsepipe.modifiers.pruning import ConstantPruningModifier, GMPruningModifier
+    from sparsepipe.modifiers.quantization import QUANTIZATION_MODIFIERS
+
+    mods = recipe.modifiers_of(ChannelPruningModifier)
+    if not mods:
+        return None
+    if len(mods) > 1:
+        raise SparsepipeError(f"{recipe.source}: the recipe has {len(mods)} ChannelPruningModifiers; "
+                              f"use one (per-layer ratios go in its 'ratios' field).")
+    mod = mods[0]
+    for other in recipe.modifiers_of(GMPruningModifier, ConstantPruningModifier, *QUANTIZATION_MODIFIERS):
+        if other.start < mod.end_epoch:
+            raise SparsepipeError(
+                f"{recipe.source}: !{other.tag} starts at epoch {other.start:g}, before "
+                f"!ChannelPruningModifier ends (end_epoch {mod.end_epoch:g}). Channel pruning changes "
+                f"tensor shapes, so unstructured pruning and QAT must start at or after its end_epoch; "
+                f"move their start_epoch to {mod.end_epoch:g} or later.")
+    return mod
+
+
+# ------------------------------------------------------------------------------ training integration
+def keep_architecture_trainer(base: type, convert: bool = False) -> type:
+    """Subclass of trainer ``base`` whose ``get_model`` keeps a split-free (pruned) checkpoint's module.
+
+    ``convert=True`` also makes any other model split-free (the start of a channel-pruning run).
+    """
+
+    def get_model(trainer: Any, cfg: Any = None, weights: Any = None, verbose: bool = True) -> nn.Module:
+        if is_splitfree(weights):
+            nc = getattr(trainer, "data", {}).get("nc")
+            if nc is not None and getattr(weights, "nc", nc) != nc:
+                raise SparsepipeError(
+                    f"The channel-pruned checkpoint predicts {weights.nc} classes but the data set has "
+                    f"{nc}; its head cannot be rebuilt from the YAML. Train it on data with the same "
+                    f"classes, or prune a model trained on this data set.")
+            model = copy.deepcopy(weights).float()
+            for p in model.parameters():
+                p.requires_grad_(True)
+            return trainer.set_model_names_for_load(model) if hasattr(trainer, "set_model_names_for_load") else model
+        model = base.get_model(trainer, cfg=cfg, weights=weights, verbose=verbose)
+        if convert:
+            to_splitfree(model)
+            record_original(model)
+        return model
+
+    return type(f"Channel{base.__name__}", (base,), {"get_model": get_model, "keeps_architecture": True})
+
+
+def rebuild_training_state(trainer: Any) -> None:
+    """New optimizer, LR scheduler and EMA for ``trainer.model`` after its parameters changed."""
+    from ultralytics.utils.torch_utils import ModelEMA
+
+    from sparsepipe.masks import unwrap
+
+    model = unwrap(trainer.model)
+    old = trainer.optimizer
+    groups = [(g["lr"], g.get("initial_lr"), g.get("weight_decay")) for g in old.param_groups]
+    decay = trainer.args.weight_decay * trainer.batch_size * trainer.accumulate / trainer.args.nbs
+    iterations = math.ceil(len(trainer.train_loader.dataset) / max(trainer.batch_size, trainer.args.nbs)) * trainer.epochs
+    trainer.optimizer = trainer.build_optimizer(model=model, name=trainer.args.optimizer, lr=trainer.args.lr0,
+                                                momentum=trainer.args.momentum, decay=decay, iterations=iterations)
+    last_epoch = trainer.scheduler.last_epoch
+    trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lr_lambda=trainer.lf)
+    trainer.scheduler.last_epoch = last_epoch
+    for group, (lr, initial, wd) in zip(trainer.optimizer.param_groups, groups):
+        group["lr"] = lr
+        if initial is not None:
+            group["initial_lr"] = initial
+        if wd is not None:
+            group["weight_decay"] = wd
+    if getattr(trainer, "ema", None) is not None:
+        updates = trainer.ema.updates
+        trainer.ema = ModelEMA(model)
+        trainer.ema.updates = updates
+
+
+class ChannelPruningController:
+    """Runs the recipe's channel-pruning steps inside training (callbacks) and stores its state."""
+
+    def __init__(self, recipe: Any, session: Any, resume_state: dict[str, Any] | None = None) -> None:
+        self.recipe = recipe
+        self.modifier = channel_modifier(recipe)
+        if self.modifier is None:
+            raise SparsepipeError("the recipe has no !ChannelPruningModifier")
+        self.session = session  # RecipeSession: fractional epoch, masks, tracker
+        self.steps_done = int(((resume_state or {}).get(STATE_KEY) or {}).get("steps_done", 0))
+        self.imgsz = 640
+        self.history: list[dict[str, Any]] = []
+        self.extra_hooks: list[Callable[[Any], None]] = []  # called after each rebuild
+
+    def state(self) -> dict[str, Any]:
+        return {STATE_KEY: {"steps_done": self.steps_done, "history": self.history}}
+
+    def callbacks(self) -> dict[str, Callable[[Any], None]]:
+        return {"on_train_start": self.on_train_start, "on_train_batch_start": self.maybe_prune,
+                "on_train_epoch_end": self.maybe_prune}
+
+    def on_train_start(self, trainer: Any) -> None:
+        self.imgsz = int(trainer.args.imgsz)
+        self.maybe_prune(trainer)
+
+    def maybe_prune(self, trainer: Any) -> None:
+        from sparsepipe.masks import MaskManager, unwrap
+
+        mod = self.modifier
+        due = mod.steps_due(self.session.epoch)
+        if due <= self.steps_done:
+            return
+        model = unwrap(trainer.model)
+        fraction = mod.ratio_at_step(due, 1.0)
+        prune_to(model, mod, fraction)
+        self.steps_done = due
+        rebuild_training_state(trainer)
+        # sparsepipe's unstructured masks resolved the old parameter objects: resolve again
+        session = self.session
+        if getattr(session, "masks", None) is not None:
+            session.masks = MaskManager(model, self.recipe)
+            masks = session.masks
+            trainer.optimizer.register_step_post_hook(lambda optimizer, args, kwargs: masks.apply())
+        for hook in self.extra_hooks:
+            hook(trainer)
+        macs, params = macs_and_params(model, self.imgsz)
+        entry = {"epoch": round(session.epoch, 4), "step": due, "channel_ratio": round(channel_ratio(model), 4),
+                 "gmacs": round(macs / 1e9, 4), "params": params}
+        self.history.append(entry)
+        tracker = getattr(session, "tracker", None)
+        if tracker is not None:
+            tracker.log_metrics({"channels/ratio": entry["channel_ratio"], "channels/gmacs": entry["gmacs"],
+                                 "channels/params": float(params)}, step=max(0, int(round(session.epoch))))
