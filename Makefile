@@ -12,12 +12,13 @@ DATA   ?= synthetic:train=128,val=32,size=320,seed=0
 EPOCHS ?= 30
 IMGSZ  ?= 160
 THREADS ?= 2
+BENCH_ARGS ?=
 KFP_HOST ?=
 RECIPE ?= recipes/yolov8n-pruned50.yaml
 RECIPE_ARGS ?= num_epochs=10,pruning_start_epoch=0,pruning_end_epoch=6
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-slow data baseline sparsify export evaluate benchmark report bench-sparsify bench-quantize compile pipeline-local submit sweep images push test-images lock deepsparse-env mlflow-ui clean
+.PHONY: help setup demo test test-slow data baseline sparsify export evaluate benchmark report bench-sparsify bench-quantize bench compile pipeline-local submit sweep images push test-images lock deepsparse-env mlflow-ui clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -70,6 +71,11 @@ bench-sparsify: $(STAMP) ## pruning benchmark (about 40 min on 2 cores): mAP and
 bench-quantize: $(STAMP) ## INT8/sparsity on every CPU engine vs ultralytics' own INT8 exports, one interleaved run (after bench-sparsify)
 	$(BIN)/python -m pip install --quiet -c images/constraints.txt -e '.[bench]'
 	$(BIN)/python benchmarks/quantize_bench.py --out $(RUNS)/bench-quantize
+
+bench: $(STAMP) ## the full comparison (issue 8): every variant x engine at 640/320, 1/2 threads, mAP, floor, plot -> docs/benchmarks.md (resumable; ~45 min after bench-sparsify)
+	@$(BIN)/python -c "import nncf" 2>/dev/null || $(BIN)/python -m pip install --quiet -c images/constraints.txt -e '.[bench]'
+	@test -f $(RUNS)/bench-sparsify/pruned75/result.json || $(MAKE) bench-sparsify
+	$(BIN)/python benchmarks/bench.py --out $(RUNS)/bench --sparsify $(RUNS)/bench-sparsify $(BENCH_ARGS)
 
 compile: $(STAMP) ## compile the Kubeflow pipelines into pipelines/compiled/*.yaml (golden files)
 	$(BIN)/python -m pipelines.compile

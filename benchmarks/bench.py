@@ -59,6 +59,8 @@ def weights_of(model: str | Path) -> Path:
 
 def train_variants(args: argparse.Namespace, out: Path, data: str) -> dict[str, dict[str, Any]]:
     """name -> {"model": checkpoint folder, "int8": whether it exports INT8 (QAT), "epochs": total}."""
+    from sparsepipe.qat import quant_modifier
+    from sparsepipe.recipe import load_recipe
     from sparsepipe.recipe.yaml_io import load_yaml
     from sparsepipe.sparsify import SparsifyConfig, sparsify
 
@@ -74,14 +76,15 @@ def train_variants(args: argparse.Namespace, out: Path, data: str) -> dict[str, 
                                     recipe_args={"num_epochs": args.qat_epochs}))
     models["pruned75-qat"] = {"model": qat_dir, "int8": True, "epochs": args.base_epochs + 30 + args.qat_epochs}
     for recipe in args.recipes:
-        name = bench_report.variant_name(recipe)
+        int8 = quant_modifier(load_recipe(recipe)) is not None  # a QAT recipe: its checkpoint exports INT8
+        name = bench_report.variant_name(recipe, int8)
         raw = load_yaml(Path(recipe).read_text(), recipe)
         recipe_args = bench_report.scaled_recipe_args(raw if isinstance(raw, dict) else {}, args.epochs)
         target = out / "train" / name
         print(f"train {name}: {recipe} from {src / 'baseline'} with {recipe_args}", flush=True)
         reuse(target, lambda: sparsify(str(src / "baseline"), data, recipe, target,
                                        SparsifyConfig(variant=name, **config), recipe_args=recipe_args))
-        models[name] = {"model": target, "int8": name.endswith("-qat"), "epochs": args.base_epochs + args.epochs,
+        models[name] = {"model": target, "int8": int8, "epochs": args.base_epochs + args.epochs,
                         "recipe": recipe, "recipe_args": recipe_args}
     return models
 
@@ -226,7 +229,7 @@ def profile_best(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[s
             except Exception as exc:  # noqa: BLE001 - a profile that cannot run is reported, not fatal
                 print(f"profile of {row['variant']} on {engine} failed: {exc}", flush=True)
                 continue
-            profiles[f"{row['variant']} on {engine}, {size} px, {threads} threads"] = ops
+            profiles[f"{row['variant']} on {engine}, {size} px, {threads} thread{'s' if threads > 1 else ''}"] = ops
     return profiles
 
 
@@ -234,26 +237,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--sparsify", default="runs/bench-sparsify", help="out folder of benchmarks/sparsify_bench.py")
-    parser.add_argument("--recipes", default="recipes/yolov8n-channels*.yaml", help="glob (or comma list) of channel recipes")
+    parser.add_argument("--recipes", default="recipes/yolov8n-channels[0-9]*.yaml", help="glob (or comma list) of channel recipes (not the quick-test one)")
     parser.add_argument("--sizes", default="640,320")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--engines", default="", help="comma list; default: every available engine")
     parser.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs of each channel recipe from the baseline")
     parser.add_argument("--base-epochs", type=int, default=60, help="epochs of the --sparsify baseline (for the table)")
     parser.add_argument("--qat-epochs", type=int, default=3, help="QAT epochs on top of pruned75")
-    parser.add_argument("--train-imgsz", type=int, default=320)
+    parser.add_argument("--train-imgsz", type=int, default=320, help="image size of the channel/QAT fine-tuning")
     parser.add_argument("--iterations", type=int, default=60, help="timed iterations per runner per size/threads")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--profile-iterations", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="320 px, 1 thread, 2 epochs, few iterations; no docs")
     parser.add_argument("--no-docs", action="store_true", help="write only into --out")
+    parser.add_argument("--prepare-only", action="store_true", help="train, export and evaluate (cached), time nothing")
     parser.add_argument("--note", default="", help="a sentence for the docs header (e.g. machine load)")
     args = parser.parse_args()
-    if args.quick:
-        args.sizes, args.threads, args.epochs, args.qat_epochs = "320", "1", 2, 1
-        args.iterations, args.rounds, args.warmup, args.profile_iterations = 10, 2, 2, 3
-        args.no_docs = True
+    if args.quick:  # smaller defaults; flags given explicitly still win
+        quick = {"sizes": "320", "threads": "1", "epochs": 2, "qat_epochs": 1, "iterations": 10, "rounds": 2,
+                 "warmup": 2, "profile_iterations": 3, "no_docs": True}
+        for name, value in quick.items():
+            if getattr(args, name) == parser.get_default(name):
+                setattr(args, name, value)
     args.sizes = [int(s) for s in str(args.sizes).split(",")]
     args.threads = [int(t) for t in str(args.threads).split(",")]
     patterns = [p for p in args.recipes.split(",") if p]
@@ -278,6 +284,9 @@ def main() -> None:
     models = train_variants(args, out, data)
     files = export_files(args, out, data, data_yaml, models)
     maps = accuracy(out, data, data_yaml, files)
+    if args.prepare_only:
+        print(f"prepared {len(files)} files under {out}; mAP50-95: {json.dumps({f'{v}@{s}': m for (v, s), m in maps.items()})}")
+        return
     rows, peaks = time_cells(args, files, maps, engines)
     profiles = profile_best(rows, args)
 

@@ -40,11 +40,14 @@ def scaled_recipe_args(raw: dict[str, Any], epochs: int) -> dict[str, Any]:
     return args
 
 
-def variant_name(recipe: str | Path) -> str:
-    """``recipes/yolov8n-channels50-quant.yaml`` -> ``channels50-qat``."""
+def variant_name(recipe: str | Path, qat: bool = False) -> str:
+    """``recipes/yolov8n-channels50-quant.yaml`` -> ``channels50-qat``; a QAT recipe (``qat``)
+    whose name does not say so gets ``-qat`` appended."""
     stem = Path(recipe).stem
     stem = stem.split("-", 1)[1] if stem.startswith("yolov8n-") else stem
-    return stem[: -len("-quant")] + "-qat" if stem.endswith("-quant") else stem
+    if stem.endswith("-quant"):
+        return stem[: -len("-quant")] + "-qat"
+    return stem + "-qat" if qat else stem
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
@@ -147,6 +150,7 @@ def plot(rows: list[dict[str, Any]], path: Path, threads: int, save: Any = None)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (matplotlib.ticker.ScalarFormatter below)
 
     sizes = sorted({r["size"] for r in rows}, reverse=True)
     variants = sorted({r["variant"] for r in rows})
@@ -159,10 +163,18 @@ def plot(rows: list[dict[str, Any]], path: Path, threads: int, save: Any = None)
                 continue
             ax.scatter(r["latency_ms_p50"], r["map50_95"], color=colors[r["variant"]],
                        marker=ENGINE_MARKERS.get(r["engine"], "x"), s=55, edgecolors="black", linewidths=0.4)
+        ref = [r for r in rows if r["size"] == size and r["threads"] == threads and (r["variant"], r["engine"]) == REFERENCE]
+        if ref:
+            ax.axhline(ref[0]["map50_95"] * TARGET_MAP_KEPT, color="gray", linestyle="--", linewidth=0.8)
+            ax.axvline(ref[0]["latency_ms_p50"] / TARGET_VS_ORT_FP32, color="gray", linestyle=":", linewidth=0.8)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.set_xlabel("p50 latency, ms (log scale, batch 1)")
         ax.set_ylabel("mAP50-95 (val split)")
-        ax.set_title(f"YOLOv8n {size} px, {threads} thread{'s' if threads > 1 else ''}")
+        ax.set_title(f"YOLOv8n {size} px, {threads} thread{'s' if threads > 1 else ''} "
+                     f"(dashed: {TARGET_MAP_KEPT:.0%} of dense mAP; dotted: 5x dense ORT FP32)", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
     handles = [plt.Line2D([], [], color=colors[v], marker="o", linestyle="", label=v) for v in variants]
     handles += [plt.Line2D([], [], color="gray", marker=m, linestyle="", label=e) for e, m in ENGINE_MARKERS.items()

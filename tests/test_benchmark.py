@@ -203,6 +203,7 @@ def test_recipe_epochs_are_scaled_to_the_budget():
     assert br.scaled_recipe_args({}, 5) == {"num_epochs": 5}
     assert br.variant_name("recipes/yolov8n-channels50-quant.yaml") == "channels50-qat"
     assert br.variant_name("recipes/yolov8n-channels30.yaml") == "channels30"
+    assert br.variant_name("recipes/yolov8n-quick-test.yaml", qat=True) == "quick-test-qat"
 
 
 def _row(variant, engine, p50, map_, size=640, threads=1):
@@ -235,3 +236,40 @@ def test_docs_section_is_replaced_not_duplicated():
     assert once.count("## Issue 8") == 1 and "table v1" in once
     assert "table v2" in twice and "table v1" not in twice and twice.count(br.START) == 1
     assert twice.startswith("# Benchmarks\n\nintro") and twice.rstrip().endswith("after")
+
+
+@pytest.mark.slow
+def test_bench_quick_runs_end_to_end_and_reuses_steps(trained, tmp_path):
+    """benchmarks/bench.py --quick on the tiny fixture model (baseline = plain = pruned75 here),
+    with a QAT recipe as the 'channel' variant; a second run re-times and retrains nothing."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    src = tmp_path / "sparsify"
+    for name in ("baseline", "plain", "pruned75"):
+        shutil.copytree(trained.train_dir, src / name)
+    shutil.copytree(trained.data_dir, src / "data")
+    out = tmp_path / "bench"
+    cmd = [sys.executable, str(root / "benchmarks" / "bench.py"), "--quick", "--sparsify", str(src), "--out", str(out),
+           "--sizes", "64", "--train-imgsz", "64", "--engines", "onnxruntime,openvino", "--epochs", "1",
+           "--recipes", str(root / "recipes" / "yolov8n-quick-test.yaml"), "--iterations", "4"]
+    first = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=1500)
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = json.loads((out / "bench.json").read_text())["rows"]
+    pairs = {(r["variant"], r["engine"]) for r in rows}
+    for variant in ("dense", "dense-ptq", "pruned75-qat", "quick-test-qat", "ultralytics-openvino-int8"):
+        assert any(v == variant for v, _ in pairs), variant
+    assert ("quick-test-qat-ptq", "onnxruntime") not in pairs  # an INT8 QAT file is not re-quantized
+    ref = next(r for r in rows if (r["variant"], r["engine"]) == ("dense", "onnxruntime"))
+    assert ref["vs_ort_fp32"] == 1.0 and ref["map_kept"] == 1.0
+    assert all(r["floor_ms"] > 0 and r["latency_vs_floor"] == pytest.approx(r["latency_ms_p50"] / r["floor_ms"]) for r in rows)
+    assert "Best sparsepipe variant" in (out / "bench.md").read_text() and (out / "bench.png").stat().st_size > 0
+    trained_at = (out / "train" / "quick-test-qat" / "result.json").stat().st_mtime_ns
+    second = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=1500)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert (out / "train" / "quick-test-qat" / "result.json").stat().st_mtime_ns == trained_at
+    assert "Starting training" not in second.stdout + second.stderr
