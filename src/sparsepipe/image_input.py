@@ -52,6 +52,11 @@ def _decode(stream: Any, name: str, max_pixels: int) -> np.ndarray:
             raise ImageInputError(
                 f"'{name}' is a damaged or truncated image file ({exc}); send the complete file.", "truncated"
             ) from None
+        except Exception:  # noqa: BLE001 - ultralytics wraps Image.open (HEIF fallback) and can raise ImportError
+            raise ImageInputError(
+                f"'{name}' is not an image PIL can read (JPEG, PNG, BMP, WebP, TIFF...); send the image file itself.",
+                "not_image",
+            ) from None
         width, height = image.size
         if width * height > max_pixels:
             raise ImageInputError(

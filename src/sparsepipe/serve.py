@@ -272,7 +272,7 @@ def create_app(load_predictor: Callable[[], Any], config: ServeConfig | None = N
                 422: {"description": "not an image, truncated image, bad base64 or empty request", "model": Status},
                 503: {"description": "queue full or model not loaded yet (see Retry-After)", "model": Status}}
 
-    @app.post("/predict/from_files", response_model=PredictResponse, responses=too_many,
+    @app.post("/predict/from_files", response_model=PredictResponse, responses=too_many, response_model_exclude_none=True,
               summary="Predict on uploaded image files (multipart field `files`)")
     async def predict_from_files(files: list[UploadFile] = File(..., description="one or more image files")) -> Any:
         endpoint = "/predict/from_files"
@@ -291,7 +291,7 @@ def create_app(load_predictor: Callable[[], Any], config: ServeConfig | None = N
             blobs.append((upload.filename or f"file{i}", data))
         return await admit_and_run(endpoint, blobs, None, None)
 
-    @app.post("/predict", response_model=PredictResponse, responses=too_many,
+    @app.post("/predict", response_model=PredictResponse, responses=too_many, response_model_exclude_none=True,
               summary="Predict on base64-encoded images in a JSON body")
     async def predict_json(body: PredictRequest) -> Any:
         endpoint = "/predict"
@@ -343,7 +343,13 @@ def serve(model: str, config: ServeConfig, engine: str = "onnxruntime", conf: fl
 
     predict_config = PredictConfig(engine=engine, conf=conf, iou=iou, threads=config.engine_threads,
                                    max_pixels=config.max_pixels)  # validates before the server starts
+    from sparsepipe.predict import resolve_onnx
+
+    if not str(model).startswith(("s3://", "models:/")):
+        model = str(resolve_onnx(model))  # a wrong local path fails here, before the server starts
     Image.MAX_IMAGE_PIXELS = config.max_pixels  # PIL's own bomb guard at the same limit
     app = create_app(lambda: Predictor(model, config=predict_config), config, model_name=str(model))
+    print(f"sparsepipe serve: {model} on http://{config.host}:{config.port} ({config.threads} threads, queue "
+          f"{config.queue_size}); /ready turns 200 once the model is loaded", flush=True)
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False,
                 timeout_graceful_shutdown=5)
