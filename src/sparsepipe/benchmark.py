@@ -120,8 +120,8 @@ class BenchmarkConfig:
             raise ConfigError(f"warmup={self.warmup!r} must be 0 or more.")
         if self.duration_s is None and self.iterations < 1:
             raise ConfigError(f"iterations={self.iterations!r} must be positive (or set duration_s).")
-        if self.duration_s is not None and self.duration_s <= 0:
-            raise ConfigError(f"duration_s={self.duration_s!r} must be positive.")
+        if self.duration_s is not None and not 0 < self.duration_s < float("inf"):  # nan fails too
+            raise ConfigError(f"duration_s={self.duration_s!r} must be a positive finite number of seconds.")
 
 
     @property

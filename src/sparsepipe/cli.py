@@ -226,7 +226,14 @@ def _parse_extra(items: list[str] | None) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SparsepipeError(f"--ultralytics-arg '{item}' must look like key=value, e.g. --ultralytics-arg mosaic=0.5.")
-        extra[key.strip()] = yaml.safe_load(value)
+        try:
+            extra[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise SparsepipeError(
+                f"--ultralytics-arg {item[:200]!r}: the value is not valid YAML ({problem}). Quote it, e.g. "
+                f"--ultralytics-arg 'name=\"text\"'."
+            ) from None
     return extra
 
 

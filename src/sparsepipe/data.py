@@ -757,7 +757,7 @@ def download(url: str, dest: Path, timeout_s: float = 60.0, progress: bool = Tru
             f"Downloading {safe_url} failed: HTTP {exc.code} {exc.reason}. Check the URL and that "
             f"the file is public (or use an s3:// SOURCE with credentials)."
         ) from None
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+    except (urllib.error.URLError, OSError, TimeoutError, ValueError) as exc:  # ValueError: malformed URL
         reason = getattr(exc, "reason", exc)
         raise DataError(
             f"Downloading {safe_url} failed ({reason}). Check the URL and the network, or "

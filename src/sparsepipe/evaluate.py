@@ -35,6 +35,8 @@ class EvaluateConfig:
             raise ConfigError(f"imgsz={self.imgsz!r} must be a multiple of 32.")
         if self.split not in ("val", "test"):
             raise ConfigError(f"split={self.split!r} must be 'val' or 'test'.")
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
+            raise ConfigError(f"batch={self.batch!r} must be a positive integer (e.g. --batch 16).")
         if not 0 <= self.conf < 1 or not 0 < self.iou <= 1:
             raise ConfigError(f"conf={self.conf} must be in [0, 1) and iou={self.iou} in (0, 1].")
 

@@ -54,7 +54,9 @@ ARTIFACT_DIR = "registry"  # run artifact folder the registered files are logged
 VARIANT_TAG = "sparsepipe.variant"
 #: version (and run) tag prefix: ``sparsepipe.sha256.<file name>`` = hex SHA-256 recorded at registration
 CHECKSUM_TAG_PREFIX = "sparsepipe.sha256."
-VERIFIED_FILE = ".sparsepipe-verified.json"  # in a downloaded version folder: {relative path: sha256}
+VERIFIED_FILE = ".sparsepipe-verified.json"
+ALIAS_CANDIDATE_TAG = "sparsepipe.alias_candidate"  # version tag: the alias this version asked for
+ALIAS_POLICIES = ("newest", "force")  # in a downloaded version folder: {relative path: sha256}
 
 
 class RegistryError(SparsepipeError):
@@ -229,8 +231,15 @@ def register_model(
     variant: str = "",
     tags: Mapping[str, Any] | None = None,
     description: str = "",
+    alias_policy: str = "newest",
 ) -> Any:
     """Register model file(s) as a new version of ``name``; point ``alias`` at it when given.
+
+    Concurrent runs registering under the same ``alias`` (two pipelines, one registered model):
+    with ``alias_policy="newest"`` (default) the version is tagged as a candidate for the alias and
+    the alias is then pointed at the newest candidate version, so whatever the interleaving the
+    alias ends on the most recently registered candidate and a slower, older run never moves it
+    back. ``"force"`` points the alias at this version unconditionally (an explicit promotion).
 
     The files are logged to run ``run_id`` (a new run in ``experiment`` when empty) under
     ``registry/<variant or model>``, and the version's source is that artifact folder, so
@@ -246,6 +255,8 @@ def register_model(
             raise ConfigError(f"Cannot register '{f}': not an existing .onnx or .pt file.")
     if not name or not name.strip():
         raise ConfigError("register_model needs a registered model name, e.g. yolov8n-sparsepipe.")
+    if alias_policy not in ALIAS_POLICIES:
+        raise ConfigError(f"alias_policy={alias_policy!r} must be one of {ALIAS_POLICIES}.")
     server = _tracking_uri(tracking_uri)
     client = _client(server)
     own_run = not run_id
@@ -273,16 +284,44 @@ def register_model(
             client.set_tag(run_id, f"{CHECKSUM_TAG_PREFIX}{folder}/{f.name}", digest)
         if variant:
             version_tags[VARIANT_TAG] = variant
+        if alias:
+            version_tags[ALIAS_CANDIDATE_TAG] = alias
         mv = client.create_model_version(name, source=source, run_id=run_id, tags=version_tags,
                                          description=description or None)
-        if alias:
+        if alias and alias_policy == "force":
             client.set_registered_model_alias(name, alias, mv.version)
+        elif alias:
+            _point_alias_at_newest_candidate(client, name, alias)
     except MlflowException as exc:
         raise RegistryError(f"Registering {', '.join(f.name for f in files)} as '{name}' at {server} failed: {exc}") from None
     finally:
         if own_run:
             client.set_terminated(run_id)
     return mv
+
+
+def _point_alias_at_newest_candidate(client: Any, name: str, alias: str) -> None:
+    """Set ``alias`` to the highest version tagged as its candidate (idempotent, converges under races).
+
+    Every registering process runs this after its own version exists and re-reads after each write
+    until the alias and the newest candidate agree: the process that writes last then has seen
+    every candidate created before its write, so the alias ends on the newest whatever the
+    interleaving (MLflow has no compare-and-set on aliases; this loop stands in for one).
+    """
+    for _ in range(20):
+        versions = client.search_model_versions(f"name='{name}'")
+        candidates = [int(v.version) for v in versions if (v.tags or {}).get(ALIAS_CANDIDATE_TAG) == alias]
+        if not candidates:
+            return
+        newest = str(max(candidates))
+        try:
+            current = str(client.get_model_version_by_alias(name, alias).version)
+        except Exception:  # noqa: BLE001 - no such alias yet
+            current = None
+        if current == newest:
+            return
+        client.set_registered_model_alias(name, alias, newest)
+    raise RegistryError(f"Alias '{alias}' of '{name}' kept changing under concurrent registrations; re-run the step.")
 
 
 # ------------------------------------------------------------------------------------ champion

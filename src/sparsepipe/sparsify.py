@@ -44,6 +44,8 @@ class SparsifyConfig:
             raise ConfigError(f"imgsz={self.imgsz!r} must be a multiple of 32 (e.g. 320 or 640).")
         if not isinstance(self.batch, int) or self.batch < 1:
             raise ConfigError(f"batch={self.batch!r} must be a positive integer.")
+        if not isinstance(self.workers, int) or self.workers < 0:
+            raise ConfigError(f"workers={self.workers!r} must be 0 or more (0 loads data in the main process).")
         if self.max_epochs is not None and self.max_epochs < 1:
             raise ConfigError(f"max_epochs={self.max_epochs!r} must be a positive integer or unset.")
         reserved = {"model", "data", "project", "name", "exist_ok", "trainer", "resume", "epochs"} & set(self.extra)
