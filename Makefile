@@ -13,12 +13,16 @@ EPOCHS ?= 30
 IMGSZ  ?= 160
 THREADS ?= 2
 BENCH_ARGS ?=
+SERVE_BENCH_ARGS ?=
+MODEL_URI ?=
+NAME ?=
+DEPLOY_ARGS ?=
 KFP_HOST ?=
 RECIPE ?= recipes/yolov8n-pruned50.yaml
 RECIPE_ARGS ?= num_epochs=10,pruning_start_epoch=0,pruning_end_epoch=6
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-slow data baseline sparsify export evaluate benchmark report bench-sparsify bench-quantize bench compile pipeline-local submit sweep images push test-images lock deepsparse-env mlflow-ui clean
+.PHONY: help setup demo test test-slow data baseline sparsify export evaluate benchmark report bench-sparsify bench-quantize bench bench-serve deploy compile pipeline-local submit sweep images push test-images lock deepsparse-env mlflow-ui clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -76,6 +80,13 @@ bench: $(STAMP) ## the full comparison (issue 8): every variant x engine at 640/
 	@$(BIN)/python -c "import nncf" 2>/dev/null || $(BIN)/python -m pip install --quiet -c images/constraints.txt -e '.[bench]'
 	@test -f $(RUNS)/bench-sparsify/pruned75/result.json || $(MAKE) bench-sparsify
 	$(BIN)/python benchmarks/bench.py --out $(RUNS)/bench --sparsify $(RUNS)/bench-sparsify $(BENCH_ARGS)
+
+bench-serve: $(STAMP) ## load test of sparsepipe serve on loopback: N clients below/above the queue bound, p50/p99, 503s (SERVE_BENCH_ARGS=...)
+	$(BIN)/python benchmarks/load_test.py $(SERVE_BENCH_ARGS)
+
+deploy: $(STAMP) ## KServe InferenceService YAML into runs/deploy: make deploy MODEL_URI=models:/name@alias NAME=detector [DEPLOY_ARGS=--apply]
+	@test -n "$(MODEL_URI)" -a -n "$(NAME)" || { echo "error: set MODEL_URI (models:/name@alias or s3://...) and NAME, e.g. make deploy MODEL_URI=models:/detector@champion NAME=detector"; exit 2; }
+	$(BIN)/sparsepipe deploy '$(MODEL_URI)' --name $(NAME) --out $(RUNS)/deploy $(DEPLOY_ARGS)
 
 compile: $(STAMP) ## compile the Kubeflow pipelines into pipelines/compiled/*.yaml (golden files)
 	$(BIN)/python -m pipelines.compile

@@ -186,27 +186,63 @@ def create_app(load_predictor: Callable[[], Any], config: ServeConfig | None = N
 
     routes_of = {"/predict": "application/json", "/predict/from_files": "multipart/form-data"}
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable) -> Any:
-        endpoint = request.url.path if request.url.path in (*routes_of, "/health", "/ready", "/metrics",
-                                                            "/openapi.json", "/docs") else "other"
-        started = time.perf_counter()
-        response = None
-        if request.method == "POST" and endpoint in routes_of:
-            wanted = routes_of[endpoint]
-            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-            length = request.headers.get("content-length")
-            if ctype != wanted:
-                response = error(415, f"{endpoint} takes Content-Type {wanted}, not '{ctype or 'none'}'.", endpoint,
-                                 "content_type")
-            elif length is not None and (not length.isdigit() or int(length) > max_bytes):
-                response = error(413, f"The request body ({length} bytes) is above the {max_bytes}-byte limit; "
-                                 f"send fewer or smaller images.", endpoint, "body_too_large")
-        if response is None:
-            response = await call_next(request)
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
-        return response
+    known = (*routes_of, "/health", "/ready", "/metrics", "/openapi.json", "/docs")
+
+    def busy_response(endpoint: str) -> Any:
+        metrics.rejected.inc()
+        return error(503, f"The server is busy: {state['admitted']} requests are running or queued (limit "
+                     f"{config.capacity} = {config.threads} threads + queue of {config.queue_size}); retry later.",
+                     endpoint, "queue_full", {"Retry-After": str(config.retry_after_s)})
+
+    def early_answer(method: str, endpoint: str, headers: dict[str, str]) -> Any:
+        """Refusals decided from the headers alone, before the body is read or parsed."""
+        if method != "POST" or endpoint not in routes_of:
+            return None
+        wanted = routes_of[endpoint]
+        ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+        length = headers.get("content-length")
+        if ctype != wanted:
+            return error(415, f"{endpoint} takes Content-Type {wanted}, not '{ctype or 'none'}'.", endpoint,
+                         "content_type")
+        if length is not None and (not length.isdigit() or int(length) > max_bytes):
+            return error(413, f"The request body ({length} bytes) is above the {max_bytes}-byte limit; "
+                         f"send fewer or smaller images.", endpoint, "body_too_large")
+        if state["predictor"] is not None and state["admitted"] >= config.capacity:
+            return busy_response(endpoint)  # full: answer now instead of parsing an upload first
+        return None
+
+    class Observe:
+        """ASGI middleware: early refusals, then request count and latency by endpoint and status."""
+
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+            if scope["type"] != "http":
+                await self.inner(scope, receive, send)
+                return
+            path = scope.get("path", "")
+            endpoint = path if path in known else "other"
+            started = time.perf_counter()
+            status = {"code": 500}
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+            early = early_answer(scope.get("method", ""), endpoint, headers)
+
+            async def sending(message: dict) -> None:
+                if message["type"] == "http.response.start":
+                    status["code"] = message["status"]
+                await send(message)
+
+            try:
+                if early is not None:
+                    await early(scope, receive, sending)
+                else:
+                    await self.inner(scope, receive, sending)
+            finally:
+                metrics.requests.labels(endpoint, str(status["code"])).inc()
+                metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+
+    app.add_middleware(Observe)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Any:
@@ -248,11 +284,8 @@ def create_app(load_predictor: Callable[[], Any], config: ServeConfig | None = N
         if state["predictor"] is None:
             detail = f"The model failed to load: {state['error']}" if state["error"] else "The model is still loading."
             return error(503, detail, endpoint, "not_ready", {"Retry-After": str(config.retry_after_s)})
-        if state["admitted"] >= config.capacity:
-            metrics.rejected.inc()
-            return error(503, f"The server is busy: {state['admitted']} requests are running or queued (limit "
-                         f"{config.capacity} = {config.threads} threads + queue of {config.queue_size}); retry later.",
-                         endpoint, "queue_full", {"Retry-After": str(config.retry_after_s)})
+        if state["admitted"] >= config.capacity:  # filled up while the body was read
+            return busy_response(endpoint)
         state["admitted"] += 1
         metrics.in_flight.set(state["admitted"])
         metrics.queue_depth.set(max(state["admitted"] - state["running"], 0))
