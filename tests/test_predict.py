@@ -198,3 +198,20 @@ def test_image_input_refusals(tmp_path):
         from sparsepipe.predict import PredictConfig
 
         PredictConfig(engine="tensorrt")
+
+
+@pytest.mark.slow
+def test_deepsparse_engine_agrees(trained):
+    """DeepSparse (its own venv, `make deepsparse-env`) gives the same detections as onnxruntime."""
+    from sparsepipe.deepsparse_engine import require_deepsparse_python
+    from sparsepipe.predict import Predictor
+
+    require_deepsparse_python()  # fails with the install hint when the venv is missing
+    images = _val_images(trained, 3)
+    ort = Predictor(trained.export_dir / "model.onnx", conf=1e-4).predict(images)
+    ds = Predictor(trained.export_dir / "model.onnx", engine="deepsparse", conf=1e-4)
+    try:
+        for a, b in zip(ort, ds.predict(images)):
+            assert_agrees([d.to_dict() for d in a.detections], [d.to_dict() for d in b.detections], 1e-4)
+    finally:
+        ds.close()
