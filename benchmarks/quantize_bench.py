@@ -7,7 +7,10 @@ Variants of one trained YOLOv8n (default: the pruning benchmark's baseline and i
 - ``fp32``: sparsepipe export of the dense baseline (the reference: onnxruntime FP32);
 - ``ptq``: sparsepipe PTQ INT8 of it;
 - ``pruned75``: FP32 export of the pruned model; ``pruned75-ptq``: its PTQ INT8;
-- ``pruned75-qat``: the pruned model fine-tuned with QAT (benchmarks/recipes/qat-finetune.yaml), INT8;
+- ``pruned75-qat``: the pruned model fine-tuned with QAT (benchmarks/recipes/qat-finetune.yaml), INT8
+  in the default ``integer`` export layout (onnxruntime's integer path); ``pruned75-qat-qatlayout``:
+  the same checkpoint exported with QDQ only where the recipe fake-quantized (run on OpenVINO only,
+  where it is the faster file);
 - ``ultralytics-onnx-int8`` / ``ultralytics-openvino-int8``: ultralytics' own INT8 exports of the
   baseline (``export(format=..., quantize=8)``), what a user would do without sparsepipe.
 Every ONNX variant runs on every available engine (onnxruntime, OpenVINO, DeepSparse when
@@ -44,7 +47,7 @@ def main() -> None:
     from sparsepipe.evaluate import EvaluateConfig, evaluate
     from sparsepipe.export import ExportConfig, export_onnx
     from sparsepipe.hardware import cpu_info
-    from sparsepipe.qat import QATConfig, qat
+    from sparsepipe.qat import QATConfig, export_int8_onnx, qat
     from sparsepipe.quantize import QuantizeConfig, quantize
     from sparsepipe.results import atomic_write_text, read_result
     from sparsepipe.sizes import file_sizes
@@ -74,6 +77,9 @@ def main() -> None:
         files[("pruned75-ptq", size)] = quantize(str(d / "pruned75"), args.data, d / "pruned75-ptq",
                                                  QuantizeConfig(evaluate=False)).path("int8_onnx")
         files[("pruned75-qat", size)] = export_onnx(qat_weights, d / "pruned75-qat", ExportConfig(imgsz=size)).path("onnx")
+        (d / "pruned75-qat-qatlayout").mkdir(parents=True, exist_ok=True)
+        files[("pruned75-qat-qatlayout", size)] = export_int8_onnx(
+            qat_weights, d / "pruned75-qat-qatlayout" / "model_int8.onnx", size, layout="qat")
         baseline_pt = Path(args.baseline) / "model.pt" if Path(args.baseline).is_dir() else Path(args.baseline)
         for fmt in ("onnx", "openvino"):
             work = d / f"ultralytics-{fmt}-int8"
@@ -106,8 +112,8 @@ def main() -> None:
                 if vsize != size:
                     continue
                 for engine in engines:
-                    if path.suffix == ".xml" and engine != "openvino":
-                        continue  # an OpenVINO IR only runs on OpenVINO
+                    if (path.suffix == ".xml" or variant.endswith("-qatlayout")) and engine != "openvino":
+                        continue  # an OpenVINO IR only runs on OpenVINO; the qat layout is OpenVINO's file
                     try:
                         runners.append(RUNNERS[engine](path, config))
                         pairs.append((variant, engine))
