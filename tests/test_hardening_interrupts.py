@@ -222,13 +222,23 @@ def test_killed_training_resumes_to_the_uninterrupted_weights(trained, tmp_path)
         mosaic=0.0, fliplr=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, translate=0.0, scale=0.0, erasing=0.0))
     resumed = sparsify(str(trained.train_dir), str(trained.data_dir), None, killed, config, resume=True)
     want = read_result(tmp_path / "straight")
-    assert resumed.extra.get("epochs", want.extra.get("epochs")) == want.extra.get("epochs")
-    a = torch.load(want.path("weights"), map_location="cpu", weights_only=False)
-    b = torch.load(resumed.path("weights"), map_location="cpu", weights_only=False)
-    assert a["epoch"] == b["epoch"]
-    wa, wb = a["model"].float().state_dict(), b["model"].float().state_dict()
-    worst = max(float((wa[k] - wb[k]).abs().max()) / (float(wa[k].abs().max()) + 1e-12)
-                for k in wa if wa[k].is_floating_point())
-    print(f"largest relative weight difference, resumed vs uninterrupted: {worst:.2e}")
-    assert worst < 1e-2
+    # Same epochs, same per-epoch training losses (ultralytics' results.csv, one row per epoch).
+    rows = {}
+    for name in ("straight", "killed"):
+        lines = (tmp_path / name / "ultralytics" / "results.csv").read_text().splitlines()
+        header = lines[0].split(",")
+        rows[name] = [[round(float(v), 4) for h, v in zip(header, line.split(",")) if h.startswith("train/")]
+                      for line in lines[1:]]
+    assert len(rows["straight"]) == len(rows["killed"]) == 3
+    assert rows["straight"] == rows["killed"]
+    # Same final weights within fp16 rounding: last.pt holds only the EMA copy in half precision,
+    # so the resumed run continues from rounded weights (docs/failure-modes.md states the figure).
+    a = torch.load(want.path("weights"), map_location="cpu", weights_only=False)["model"].float()
+    b = torch.load(resumed.path("weights"), map_location="cpu", weights_only=False)["model"].float()
+    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+    num = sum(float((pa[k] - pb[k]).pow(2).sum()) for k in pa)
+    den = sum(float(pa[k].pow(2).sum()) for k in pa)
+    rel = (num / den) ** 0.5
+    print(f"relative L2 difference of all parameters, resumed vs uninterrupted: {rel:.2e}")
+    assert rel < 5e-3
     assert resumed.metrics["sparsity"] == pytest.approx(want.metrics["sparsity"], abs=1e-4)
