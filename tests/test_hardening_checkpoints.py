@@ -89,7 +89,8 @@ def test_allowlist_accepts_model_classes_only():
           "collections.OrderedDict", "torch.HalfStorage", "torch.float16", "builtins.set"]
     bad = ["builtins.eval", "builtins.getattr", "subprocess.Popen", "posix.system", "os.system",
            "torch.load", "torch.hub.load", "numpy.testing._private.utils.runstring", "ultralytics.YOLO",
-           "ultralytics.utils.SettingsManager", "sparsepipe.cli.main", "torch.nn.functional.relu"]
+           "ultralytics.utils.SettingsManager", "sparsepipe.cli.main", "torch.nn.functional.relu",
+           "ultralytics.nn.autobackend.AutoBackend", "ultralytics.nn.text_model.MobileCLIP", "torch.fx.GraphModule"]
     assert disallowed_globals(ok) == []
     assert disallowed_globals(bad) == bad
 
@@ -255,3 +256,23 @@ def test_tracker_records_and_verifies_artifact_checksums(mlflow_server, s3_env, 
         download_verified_artifact(run_id, "weights/clean.pt", tmp_path / "dl3", mlflow_server.tracking_uri)
     assert not (tmp_path / "dl3" / "clean.pt").exists()
 
+
+
+@pytest.mark.parametrize("command", ["export", "evaluate", "quantize"])
+def test_step_folder_holding_a_code_running_checkpoint_is_refused(command, tmp_path, capsys, monkeypatch):
+    """--model STEP_FOLDER (result.json naming model.pt) goes through the same check before any torch.load."""
+    from sparsepipe.results import StepResult
+
+    monkeypatch.delenv("SPARSEPIPE_TRUST_CHECKPOINT", raising=False)
+    marker = tmp_path / "marker"
+    folder = tmp_path / "train"
+    folder.mkdir()
+    _evil_checkpoint(folder / "model.pt", marker)
+    StepResult(step="train", out_dir=str(folder), files={"weights": "model.pt"}).write()
+    argv = [command, "--model", str(folder), "--no-track", "--out", str(tmp_path / "out")]
+    if command != "export":
+        argv += ["--data", "synthetic:train=2,val=2,size=64"]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and "Refusing to load checkpoint" in err, err
+    assert not marker.exists()

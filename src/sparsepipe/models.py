@@ -86,6 +86,7 @@ def resolve_model_path(model: str, cache_dir: Path | None = None) -> str:
 
             found = produced_file(path, ("weights", "onnx", "int8_onnx"))
             if found is not None:
+                check_checkpoint(found)
                 return str(found)
             result = read_result(path)  # a clear error when the folder holds no step result
             raise ModelError(

@@ -62,6 +62,9 @@ SAFE_GLOBALS = frozenset({
 })
 #: Packages whose ``torch.nn.Module`` subclasses (and ``torch.nn.Parameter``) may be rebuilt.
 MODULE_PACKAGES = ("torch.nn", "torch.ao", "ultralytics.nn", "sparsepipe", "torch_pruning")
+#: Module classes in those packages whose constructor loads other files (a second, unscanned
+#: checkpoint or TorchScript) or downloads: refused even though they are nn.Modules.
+DENIED_MODULES = ("ultralytics.nn.autobackend", "ultralytics.nn.text_model")
 
 _TRUST: contextvars.ContextVar[bool] = contextvars.ContextVar("sparsepipe_trust_checkpoint", default=False)
 _STRING_OPS = frozenset({
@@ -176,6 +179,8 @@ def _allowed(name: str) -> bool:
         return attr.endswith("Storage") or _is_torch_constant(attr)
     if module == "torch.nn.parameter":
         return attr in ("Parameter", "Buffer")
+    if any(module == d or module.startswith(d + ".") for d in DENIED_MODULES):
+        return False
     if any(module == p or module.startswith(p + ".") for p in MODULE_PACKAGES):
         return _is_module_class(module, attr)
     return False
