@@ -103,7 +103,11 @@ def macs_and_params(model: nn.Module, imgsz: int = 640) -> tuple[float, int]:
     """(MACs, parameters) of one ``imgsz`` x ``imgsz`` image (torch-pruning's counter, on a copy)."""
     import torch_pruning as tp
 
+    from sparsepipe.qat import is_prepared, set_qat_state
+
     probe = copy.deepcopy(model).float().cpu().eval()
+    if is_prepared(probe):  # QAT convs call F.conv2d while active; plain conv modules are counted
+        set_qat_state(probe, active=False, observers_frozen=False, bn_frozen=False)
     with torch.no_grad():
         macs, params = tp.utils.count_ops_and_params(probe, torch.zeros(1, 3, imgsz, imgsz))
     return float(macs), int(params)
@@ -309,7 +313,7 @@ class ChannelPruningController:
             hook(trainer)
         macs, params = macs_and_params(model, self.imgsz)
         entry = {"epoch": round(session.epoch, 4), "step": due, "channel_ratio": round(channel_ratio(model), 4),
-                 "gmacs": round(macs / 1e9, 4), "params": params}
+                 "gmacs": round(macs / 1e9, 6), "params": params}
         self.history.append(entry)
         tracker = getattr(session, "tracker", None)
         if tracker is not None:

@@ -264,7 +264,7 @@ def sparsify(
 
     if is_splitfree(final):  # channel-pruned: GMACs / params / per-layer channels before and after
         macs, _ = macs_and_params(final, config.imgsz)
-        metrics["gmacs"] = round(macs / 1e9, 4)
+        metrics["gmacs"] = round(macs / 1e9, 6)
         metrics["channel_ratio"] = round(channel_ratio(final), 4)
         files_extra["channels"] = str(atomic_write_text(out / "channels.json", json.dumps(
             {"imgsz": config.imgsz, "history": channels.history if channels else [],

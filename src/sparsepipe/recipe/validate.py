@@ -257,8 +257,13 @@ def validate_recipe(recipe: "Recipe", model: "torch.nn.Module | ModelIndex",
                                     f"'{kind}' (classes: {', '.join(sorted(index.class_names))})")
             rep.targets = {k: mod.as_scheme() for k in (mod.submodules or ["(whole model)"])}
         elif type(mod).__name__ == "ChannelPruningModifier":
-            from sparsepipe.channel_pruning import unmatched_selectors
+            from sparsepipe.channel_pruning import channel_modifier, unmatched_selectors
+            from sparsepipe.errors import SparsepipeError
 
+            try:
+                channel_modifier(recipe)  # one of them; GMP/QAT only after it (shapes change)
+            except SparsepipeError as exc:
+                problems.append(str(exc))
             for text in unmatched_selectors(list(index.modules), mod):
                 problems.append(f"!ChannelPruningModifier: {text} matches no module (module names "
                                 f"look like 'model.4.cv2', or use a regex such as 're:^model\\.2[01]\\.')")
