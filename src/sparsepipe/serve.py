@@ -77,8 +77,9 @@ class _Metrics:
         self.registry = CollectorRegistry()
         self.requests = Counter("sparsepipe_requests", "HTTP requests by endpoint and status",
                                 ["endpoint", "status"], registry=self.registry)
-        self.latency = Histogram("sparsepipe_request_latency_seconds", "request latency by endpoint", ["endpoint"],
-                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        self.latency = Histogram("sparsepipe_request_latency_seconds", "request latency by endpoint and status",
+                                 ["endpoint", "status"],
+                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
                                  registry=self.registry)
         self.errors = Counter("sparsepipe_errors", "answers with status >= 400 by endpoint and reason",
                               ["endpoint", "reason"], registry=self.registry)
@@ -240,7 +241,7 @@ def create_app(load_predictor: Callable[[], Any], config: ServeConfig | None = N
                     await self.inner(scope, receive, sending)
             finally:
                 metrics.requests.labels(endpoint, str(status["code"])).inc()
-                metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+                metrics.latency.labels(endpoint, str(status["code"])).observe(time.perf_counter() - started)
 
     app.add_middleware(Observe)
 
