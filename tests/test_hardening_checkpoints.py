@@ -276,3 +276,16 @@ def test_step_folder_holding_a_code_running_checkpoint_is_refused(command, tmp_p
     err = capsys.readouterr().err
     assert code == 2 and "Refusing to load checkpoint" in err, err
     assert not marker.exists()
+
+
+def test_recipe_commands_check_the_model_checkpoint(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("SPARSEPIPE_TRUST_CHECKPOINT", raising=False)
+    marker = tmp_path / "marker"
+    evil = _evil_checkpoint(tmp_path / "evil.pt", marker)
+    code = main(["recipe", "validate", "tests/sparsify/prune-quick.yaml", "--model", str(evil)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Refusing to load checkpoint" in err and not marker.exists(), err
+    code = main(["recipe", "validate", "tests/sparsify/prune-quick.yaml", "--model", str(evil), "--trust-checkpoint"])
+    err = capsys.readouterr().err
+    assert marker.exists()  # trusted: torch ran the payload, as documented
+    assert code == 2 and "Traceback" not in err  # and then it was not a model: a clear error

@@ -39,9 +39,9 @@ def _load_model(spec: str) -> Any:
         if not Path(spec).is_file():
             raise ModelError(f"--model '{spec}': no such checkpoint file. Weights are never "
                              f"downloaded: pass a local .pt or a config such as yolov8n.yaml.")
-        from ultralytics import YOLO
+        from sparsepipe.models import load_yolo  # checks the pickle first (SECURITY.md), clear errors
 
-        return YOLO(spec).model
+        return load_yolo(spec).model
     raise ModelError(f"--model '{spec}': expected an ultralytics config (.yaml, e.g. yolov8n.yaml) "
                      f"or a local checkpoint (.pt).")
 
@@ -210,6 +210,7 @@ def add_recipe_commands(subparsers: Any) -> argparse.ArgumentParser:
                    help="ultralytics config (yolov8n.yaml, yolov5su.yaml) or local .pt to check "
                         "names against; weights are never downloaded")
     v.add_argument("--recipe-args", default=None, help=overrides_help)
+    v.add_argument("--trust-checkpoint", action="store_true", help="load a --model .pt that fails the checkpoint policy (SECURITY.md)")
     v.set_defaults(func=cmd_validate)
 
     s = sub.add_parser(
@@ -228,6 +229,7 @@ def add_recipe_commands(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--rows-per-epoch", type=int, default=1,
                    help="printed rows per epoch (default 1; the plot uses every step)")
     s.add_argument("--plot", default=None, metavar="OUT.png", help="write a PNG plot here")
+    s.add_argument("--trust-checkpoint", action="store_true", help="load a --model .pt that fails the checkpoint policy (SECURITY.md)")
     s.set_defaults(func=cmd_schedule)
     return recipe
 
