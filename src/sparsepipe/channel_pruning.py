@@ -319,3 +319,51 @@ class ChannelPruningController:
         if tracker is not None:
             tracker.log_metrics({"channels/ratio": entry["channel_ratio"], "channels/gmacs": entry["gmacs"],
                                  "channels/params": float(params)}, step=max(0, int(round(session.epoch))))
+
+
+# ------------------------------------------------------------------------------ preview
+def preview(model_path: str, ratios: list[float], sizes: list[int], round_to: int | None = 8) -> list[dict[str, Any]]:
+    """GMACs / parameters of ``model_path`` after one-shot pruning at each ratio (no training)."""
+    from sparsepipe.models import load_yolo
+
+    rows = []
+    for ratio in [0.0, *ratios]:
+        model = copy.deepcopy(load_yolo(model_path).model).float()
+        to_splitfree(model)
+        if ratio > 0:
+            prune_to(model, ChannelPruningModifier(target_ratio=ratio, start_epoch=0, end_epoch=0,
+                                                   round_to=round_to), 1.0)
+        row: dict[str, Any] = {"ratio": ratio, "channel_ratio": round(channel_ratio(model), 4)}
+        for size in sizes:
+            macs, params = macs_and_params(model, size)
+            row[f"gmacs@{size}"] = round(macs / 1e9, 3)
+            row["params"] = params
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sparsepipe.channel_pruning MODEL --ratios 0.3 0.5 --imgsz 320 640``: a GMACs/params table."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m sparsepipe.channel_pruning",
+                                     description="GMACs and parameters after one-shot channel pruning (a preview).")
+    parser.add_argument("model", help="checkpoint, step folder or model config (e.g. yolov8n.yaml)")
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.5])
+    parser.add_argument("--imgsz", type=int, nargs="+", default=[320, 640])
+    parser.add_argument("--round-to", type=int, default=8)
+    args = parser.parse_args(argv)
+    rows = preview(args.model, args.ratios, args.imgsz, args.round_to)
+    sizes = [f"gmacs@{s}" for s in args.imgsz]
+    print("| target ratio | channels removed | " + " | ".join(f"GMACs {s}px" for s in args.imgsz)
+          + " | params | MACs kept |")
+    print("|---" * (len(sizes) + 4) + "|")
+    for row in rows:
+        kept = row[sizes[-1]] / rows[0][sizes[-1]]
+        print(f"| {row['ratio']:.2f} | {row['channel_ratio']:.3f} | "
+              + " | ".join(f"{row[s]:.3f}" for s in sizes) + f" | {row['params']:,} | {kept:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
