@@ -428,14 +428,16 @@ def run_evaluate(model: str, data: str, out: str, context: str = "", *, variant:
 
 
 def run_benchmark(model: str, out: str, context: str = "", *, threads: int = 1, iterations: int = 100,
-                  warmup: int = 10, batch: int = 1, baseline: str = "", variant: str = "") -> StepResult:
+                  warmup: int = 10, batch: int = 1, baseline: str = "", variant: str = "",
+                  scenario: str = "sync", streams: int = 1, pin: bool = False) -> StepResult:
     """The benchmark step (``model``: an export folder; ``baseline``: one to interleave with)."""
     from sparsepipe.benchmark import BenchmarkConfig, benchmark
     from sparsepipe.results import inherited_variant
 
     variant = inherited_variant(model, variant)
     config = BenchmarkConfig(threads=_int(threads), iterations=_int(iterations), warmup=_int(warmup),
-                             batch=_int(batch), variant=variant)
+                             batch=_int(batch), variant=variant, scenario=str(scenario or "sync"),
+                             streams=_int(streams), pin=bool(pin))
     return _run("benchmark", variant, context,
                 lambda tracker: benchmark(model, out, config, baseline=baseline or None, tracker=tracker))
 
