@@ -300,3 +300,32 @@ def test_cli_serve_subprocess(trained, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "sparsepipe", "serve", str(tmp_path / "nope.onnx")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "nope.onnx" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_model_from_registry_and_s3(trained, mlflow_server, s3_env, monkeypatch, tmp_path):
+    """The server's model can be `models:/name@alias` (the version's .onnx, not its .pt) or an s3:// object."""
+    from fastapi.testclient import TestClient
+
+    from sparsepipe.registry import register_model
+    from sparsepipe.storage import upload_file
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.tracking_uri)
+    monkeypatch.setenv("SPARSEPIPE_CACHE", str(tmp_path / "cache"))
+    name = f"serve-test-{tmp_path.name}"
+    register_model([trained.train_dir / "model.pt", trained.export_dir / "model.onnx"], name, alias="champion",
+                   experiment="serve-tests")
+    s3_uri = upload_file(trained.export_dir / "model.onnx", f"s3://{s3_env.bucket}/serve-test/model.onnx")
+    image = _val_files(trained, 1)[0]
+    answers = []
+    for uri in (f"models:/{name}@champion", s3_uri):
+        predictor = Predictor(uri, conf=1e-4)
+        assert predictor.path.suffix == ".onnx"
+        with TestClient(create_app(lambda: predictor, ServeConfig())) as client:
+            for _ in range(200):
+                if client.get("/ready").status_code == 200:
+                    break
+                time.sleep(0.02)
+            answer = client.post("/predict/from_files", files=[("files", (image.name, image.read_bytes(), "image/jpeg"))])
+            assert answer.status_code == 200, answer.text
+            answers.append(answer.json()["predictions"])
+    assert answers[0] == answers[1] and answers[0][0]["detections"]

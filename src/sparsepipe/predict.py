@@ -193,30 +193,43 @@ def _make_engine(info: ModelInfo, config: PredictConfig) -> Any:
     return DeepSparsePredictEngine(info.path, config.threads, info.batch or 1)
 
 
-def resolve_onnx(model: str | Path) -> Path:
-    """A local .onnx path for a path, an export/quantize out folder, ``s3://`` or ``models:/`` URI."""
-    from sparsepipe.models import resolve_model_path
+def _onnx_in_folder(folder: Path, model: str) -> Path:
     from sparsepipe.results import produced_file
 
-    text = str(model)
-    local = Path(text)
-    if local.is_dir():
-        found = produced_file(local, ("int8_onnx", "onnx"))
-        if found is None:
-            onnx_files = sorted(local.glob("*.onnx"))
-            found = onnx_files[0] if len(onnx_files) == 1 else None
-        if found is None:
-            raise ModelError(f"'{local}' holds no ONNX model; give a model.onnx or the --out folder of export/quantize.")
-        return found
-    path = Path(resolve_model_path(text))
+    found = produced_file(folder, ("int8_onnx", "onnx")) if (folder / "result.json").is_file() else None
+    if found is None:
+        onnx_files = sorted(folder.rglob("*.onnx"))
+        found = onnx_files[0] if len(onnx_files) == 1 else None
+    if found is None:
+        raise ModelError(
+            f"'{model}' holds no single ONNX model; give a model.onnx or the --out folder of export/quantize."
+        )
+    return found
+
+
+def resolve_onnx(model: str | Path) -> Path:
+    """A local .onnx path for a path, an export/quantize out folder, ``s3://`` or ``models:/`` URI.
+
+    A registry version holding both a ``.pt`` and an ``.onnx`` gives its ``.onnx``.
+    """
+    from sparsepipe.models import resolve_model_path
+
+    text = str(model).strip()
+    if text.startswith("models:/"):
+        from sparsepipe.registry import resolve_registry_uri
+
+        path = Path(resolve_registry_uri(text, prefer=".onnx"))
+    elif Path(text).is_dir():
+        path = Path(text)
+    else:
+        path = Path(resolve_model_path(text))  # s3:// is downloaded into the cache
+    if path.is_dir():
+        return _onnx_in_folder(path, text)
     if path.suffix != ".onnx":
-        siblings = sorted(path.parent.glob("*.onnx"))  # a registry version holding .pt and .onnx
-        if not siblings:
-            raise ModelError(
-                f"'{model}' resolves to '{path.name}', not an ONNX model; predict and serve run ONNX. "
-                f"Run `sparsepipe export` and pass its model.onnx (or register the export)."
-            )
-        path = siblings[0]
+        raise ModelError(
+            f"'{model}' is '{path.name}', not an ONNX model; predict and serve run ONNX. Run "
+            f"`sparsepipe export` and pass its model.onnx (or register the export)."
+        )
     return path
 
 
