@@ -353,3 +353,18 @@ def test_cli_quantize_qat_and_export_route(trained, tmp_path):
     exported = export_onnx(str(result.path("weights")), tmp_path / "export", ExportConfig(imgsz=64))
     ops = {n.op_type for n in onnx.load(str(exported.path("onnx"))).graph.node}
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+
+
+def test_integer_export_without_its_dataset_is_a_clear_error(run, tmp_path):
+    """The integer layout calibrates the ranges QAT did not learn on the checkpoint's train images."""
+    from sparsepipe.errors import ConfigError
+    from sparsepipe.qat import export_int8_onnx
+
+    ckpt = torch.load(str(run.path("weights")), map_location="cpu", weights_only=False)
+    ckpt["train_args"]["data"] = str(tmp_path / "gone" / "data.yaml")
+    torch.save(ckpt, tmp_path / "moved.pt")
+    with pytest.raises(SparsepipeError, match="names no dataset"):
+        export_int8_onnx(tmp_path / "moved.pt", tmp_path / "model_int8.onnx", imgsz=64)
+    with pytest.raises(ConfigError, match="export_layout"):
+        QATConfig(export_layout="fast")
+    assert not (tmp_path / "model_int8.onnx").exists()
