@@ -329,3 +329,50 @@ def test_model_from_registry_and_s3(trained, mlflow_server, s3_env, monkeypatch,
             assert answer.status_code == 200, answer.text
             answers.append(answer.json()["predictions"])
     assert answers[0] == answers[1] and answers[0][0]["detections"]
+
+
+def _bright_cell_model(path: Path) -> Path:
+    """A YOLO-shaped ONNX with a known answer: one class 'bright', one candidate box per 16x16 cell of
+    the 64x64 input, scored by the cell's mean brightness (so a white square on black is found exactly)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    cells = [(16 * c + 8, 16 * r + 8, 16, 16) for r in range(4) for c in range(4)]  # xywh, input pixels
+    boxes = np.array(cells, np.float32).T.reshape(1, 4, 16)
+    graph = helper.make_graph(
+        [helper.make_node("AveragePool", ["images"], ["pooled"], kernel_shape=[16, 16], strides=[16, 16]),
+         helper.make_node("ReduceMean", ["pooled"], ["grey"], axes=[1], keepdims=1),
+         helper.make_node("Reshape", ["grey", "shape"], ["scores"]),
+         helper.make_node("Concat", ["boxes", "scores"], ["output0"], axis=1)],
+        "bright-cells",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 5, 16])],
+        [helper.make_tensor("shape", TensorProto.INT64, [3], [1, 1, 16]),
+         helper.make_tensor("boxes", TensorProto.FLOAT, [1, 4, 16], boxes.ravel().tolist())],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for key, value in {"names": "{0: 'bright'}", "imgsz": "[64, 64]", "task": "detect", "stride": "16"}.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_known_object_found_in_original_pixels(tmp_path):
+    """A generated 128x96 image with a white square at x 64..96, y 16..48: the server returns exactly that
+    box (letterboxed to 64x64 with 8 px bars, scored, NMS'd and mapped back), and nothing else."""
+    model = _bright_cell_model(tmp_path / "bright.onnx")
+    image = np.zeros((96, 128, 3), np.uint8)
+    image[16:48, 64:96] = 255
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "PNG")
+    srv = Server(create_app(lambda: Predictor(model, conf=0.5), ServeConfig(), model_name="bright"))
+    try:
+        srv.wait_ready()
+        answer = srv.client.post("/predict/from_files", files=[("files", ("square.png", buf.getvalue(), "image/png"))])
+    finally:
+        srv.stop()
+    assert answer.status_code == 200, answer.text
+    (prediction,) = answer.json()["predictions"]
+    assert (prediction["width"], prediction["height"]) == (128, 96)
+    assert prediction["detections"] == [{"box": [64.0, 16.0, 96.0, 48.0], "class_id": 0, "label": "bright", "score": 1.0}]
