@@ -139,24 +139,23 @@ def test_cli_writes_json_and_images(trained, tmp_path, capsys):
     assert "nope.jpg" in err and "conf=1.5" in err and "sparsepipe export" in err and "Traceback" not in err
 
 
-def test_segment_model_masks(tmp_path):
+def test_segment_model_masks(tmp_path, monkeypatch):
     """A segment export (random weights) gives boxes and masks of the original image size."""
     from ultralytics import YOLO
 
     from sparsepipe.predict import Predictor
 
-    YOLO("yolov8n-seg.yaml").export(format="onnx", imgsz=64, simplify=False, project=str(tmp_path))
-    onnx_path = next(Path("yolov8n-seg.yaml").parent.glob("yolov8n-seg.onnx"), None) or next(tmp_path.rglob("*.onnx"))
-    try:
-        predictor = Predictor(onnx_path, conf=0.0, masks=True, max_det=5)
-        assert predictor.info.task == "segment"
-        (prediction,) = predictor.predict([np.random.default_rng(0).integers(0, 255, (80, 120, 3), np.uint8)])
-        assert len(prediction.detections) == 5
-        for det in prediction.detections:
-            assert det.mask["size"] == [80, 120] and sum(det.mask["counts"]) == 80 * 120
-    finally:
-        if onnx_path.parent == Path("."):
-            onnx_path.unlink()
+    monkeypatch.chdir(tmp_path)  # ultralytics writes the export of a bare YAML into the working directory
+    onnx_path = Path(YOLO("yolov8n-seg.yaml").export(format="onnx", imgsz=64, simplify=False)).resolve()
+    assert onnx_path.is_relative_to(tmp_path.resolve())
+    predictor = Predictor(onnx_path, conf=0.0, masks=True, max_det=5)
+    assert predictor.info.task == "segment"
+    (prediction,) = predictor.predict([np.random.default_rng(0).integers(0, 255, (80, 120, 3), np.uint8)])
+    assert len(prediction.detections) == 5
+    for det in prediction.detections:
+        assert det.mask["size"] == [80, 120] and sum(det.mask["counts"]) == 80 * 120
+        x1, y1, x2, y2 = det.box
+        assert 0 <= x1 <= x2 <= 120 and 0 <= y1 <= y2 <= 80
 
 
 def test_letterbox_round_trip():
