@@ -183,7 +183,7 @@ def main() -> int:
     sys.path.insert(0, str(ROOT / "src"))
     from sparsepipe.results import atomic_write_text
 
-    out = Path(args.out) / f"serve-{dt.date.today().isoformat()}.json"
+    out = Path(args.out) / f"serve-{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d-%H%M')}.json"
     atomic_write_text(out, json.dumps(record, indent=1) + "\n")
     print(f"wrote {out}")
     below_ok = results["below"]["errors"] == 0 and results["below"]["dropped"] == 0 and results["below"]["rejected_503"] == 0
