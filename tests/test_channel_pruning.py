@@ -72,6 +72,26 @@ def test_splitfree_blocks_compute_exactly_the_same_outputs(config):
     assert torch.equal(before, after)
 
 
+@pytest.mark.slow
+def test_yolo11n_prunes_one_shot_with_its_attention_block_kept():
+    from ultralytics import YOLO
+
+    from sparsepipe.channel_pruning import prune_to
+
+    model = YOLO("yolo11n.yaml").model.eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        shape = model(x)[0].shape
+    to_splitfree(model)
+    macs0, _ = macs_and_params(model, 64)
+    psa = {n: m.cv1.conv.out_channels for n, m in model.named_modules() if type(m).__name__ == "C2PSA"}
+    prune_to(model, ChannelPruningModifier(target_ratio=0.5, start_epoch=0, end_epoch=0), 1.0)
+    with torch.no_grad():
+        assert model(x)[0].shape == shape
+    assert macs_and_params(model, 64)[0] / macs0 < 0.4
+    assert {n: model.get_submodule(n).cv1.conv.out_channels for n in psa} == psa
+
+
 # ------------------------------------------------------------------------------ the modifier
 def test_schedule_steps_and_ratios():
     mod = ChannelPruningModifier(target_ratio=0.5, start_epoch=2, end_epoch=8, update_frequency=2)

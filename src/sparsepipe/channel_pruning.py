@@ -52,15 +52,21 @@ def _matches(sel: str, name: str) -> bool:
     return selector_matches(sel, name) or selector_matches(sel, _alias(name))
 
 
+ATTENTION_BLOCKS = ("C2PSA", "C2fPSA", "PSABlock", "Attention", "A2C2f", "AAttn")  # reshape heads: kept whole
+
+
 def always_ignored(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Modules whose output channels are never pruned: the head's output convs, DFL, Proto's last conv."""
+    """Modules whose output channels are never pruned: the head's output convs, DFL, Proto's last
+    conv, and attention blocks (YOLO11's C2PSA splits q/k/v by head, which tracing cannot follow)."""
     head_index = len(model.model) - 1
     prefix = f"model.{head_index}."
     out = []
     for name, module in model.named_modules():
+        kind = type(module).__name__
+        if kind in ATTENTION_BLOCKS:
+            out.append((name, module))
         if not name.startswith(prefix):
             continue
-        kind = type(module).__name__
         if kind == "DFL":
             out += [(name, module), (f"{name}.conv", module.conv)]
         elif isinstance(module, nn.Conv2d) and not name.endswith(".conv"):  # raw nn.Conv2d = an output
