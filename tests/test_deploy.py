@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import yaml
@@ -108,7 +109,7 @@ def test_component_signature_and_local_run(tmp_path):
 
     class Out:  # the typed output KFP hands the function
         path = str(tmp_path / "manifest.yaml")
-        metadata: dict = {}
+        metadata: ClassVar[dict] = {}
 
     components.deploy_model.python_func(model_uri="models:/det@champion", name="det", manifest=Out())
     manifest = yaml.safe_load(Path(Out.path).read_text())

@@ -91,7 +91,7 @@ def test_input_kinds_and_batching(trained, tmp_path):
     from sparsepipe.predict import Predictor
 
     array = _val_images(trained, 1)[0]
-    path = sorted((trained.data_dir / "images" / "val").iterdir())[0]
+    path = min((trained.data_dir / "images" / "val").iterdir())
     predictor = Predictor(trained.export_dir / "model.onnx", conf=1e-4)
     by_kind = predictor.predict([str(path), path.read_bytes(), Image.open(path), array])
     first = [d.to_dict() for d in by_kind[0].detections]

@@ -22,7 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sparsepipe.deepsparse_engine import DeepSparseError, check_model, require_deepsparse_python
+from sparsepipe.deepsparse_engine import (
+    DeepSparseError,
+    check_model,
+    require_deepsparse_python,
+)
 
 WORKER = r'''
 import json, os, sys
@@ -68,7 +72,7 @@ class DeepSparsePredictEngine:
         python = require_deepsparse_python()
         self.batch = batch
         self._lock = threading.Lock()
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the worker; closed in close()
         self.process = subprocess.Popen([str(python), "-I", "-c", WORKER, str(Path(path).resolve()), str(threads),
                                          str(batch)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=self._stderr)

@@ -179,7 +179,7 @@ def kubectl_apply(path: Path) -> str:
             f"--apply needs kubectl on PATH (configured for your cluster); the manifest is written at {path}: "
             f"apply it yourself with `kubectl apply -f {path}`."
         )
-    proc = subprocess.run([kubectl, "apply", "-f", str(path)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([kubectl, "apply", "-f", str(path)], capture_output=True, text=True, timeout=120, check=False)
     if proc.returncode != 0:
         raise SparsepipeError(f"kubectl apply -f {path} failed: {proc.stderr.strip() or proc.stdout.strip()}")
     return proc.stdout.strip()

@@ -34,13 +34,13 @@ def letterbox(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Let
     height, width = image.shape[:2]
     target_h, target_w = size
     gain = min(target_h / height, target_w / width)
-    new_w, new_h = int(round(width * gain)), int(round(height * gain))
+    new_w, new_h = round(width * gain), round(height * gain)
     if (new_w, new_h) != (width, height):
         image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     spare_w, spare_h = (target_w - new_w) / 2, (target_h - new_h) / 2
     # Split odd padding the same way as training (the extra pixel goes right/bottom).
-    top, bottom = int(round(spare_h - 0.1)), int(round(spare_h + 0.1))
-    left, right = int(round(spare_w - 0.1)), int(round(spare_w + 0.1))
+    top, bottom = round(spare_h - 0.1), round(spare_h + 0.1)
+    left, right = round(spare_w - 0.1), round(spare_w + 0.1)
     if top or bottom or left or right:
         image = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
     return image, LetterboxInfo(gain, left, top, width, height)

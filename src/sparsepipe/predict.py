@@ -16,8 +16,9 @@ import ast
 import dataclasses
 import json
 import threading
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -109,7 +110,7 @@ class ModelInfo:
     end2end: bool = False  # the head already applied NMS: output rows are x1, y1, x2, y2, score, class
 
     @classmethod
-    def read(cls, path: Path) -> "ModelInfo":
+    def read(cls, path: Path) -> ModelInfo:
         import onnx
 
         try:
@@ -332,7 +333,7 @@ def _masks(coefs: np.ndarray, protos: np.ndarray, input_boxes: np.ndarray, boxes
         top, left = info.pad_top, info.pad_left
         inner = full[top:imgsz[0] - top if top else imgsz[0], left:imgsz[1] - left if left else imgsz[1]]
         orig = cv2.resize(inner, (info.width, info.height), interpolation=cv2.INTER_LINEAR) > 0.0  # sigmoid > .5
-        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        x1, y1, x2, y2 = (round(v) for v in box)
         cut = np.zeros_like(orig)
         cut[y1:y2, x1:x2] = orig[y1:y2, x1:x2]
         out.append(_rle(cut))
@@ -346,7 +347,7 @@ def draw(array: np.ndarray, prediction: Prediction) -> np.ndarray:
     canvas = np.ascontiguousarray(array.copy())
     for det in prediction.detections:
         colour = tuple(int(c) for c in np.random.default_rng(det.class_id).integers(64, 256, 3))
-        x1, y1, x2, y2 = (int(round(v)) for v in det.box)
+        x1, y1, x2, y2 = (round(v) for v in det.box)
         cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, 2)
         cv2.putText(canvas, f"{det.label} {det.score:.2f}", (x1, max(y1 - 4, 10)), cv2.FONT_HERSHEY_SIMPLEX,
                     0.4, colour, 1, cv2.LINE_AA)

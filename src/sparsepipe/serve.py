@@ -23,7 +23,8 @@ import concurrent.futures
 import dataclasses
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -31,7 +32,11 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from sparsepipe.errors import ConfigError
-from sparsepipe.image_input import DEFAULT_MAX_PIXELS, ImageInputError, decode_image_bytes
+from sparsepipe.image_input import (
+    DEFAULT_MAX_PIXELS,
+    ImageInputError,
+    decode_image_bytes,
+)
 
 STATUS_OF_KIND = {"too_large": 413, "not_image": 422, "truncated": 422, "bad_array": 422}
 
@@ -308,7 +313,7 @@ def create_app(load_predictor: Callable[[], Any], config: ServeConfig | None = N
 
     @app.post("/predict/from_files", response_model=PredictResponse, responses=too_many, response_model_exclude_none=True,
               summary="Predict on uploaded image files (multipart field `files`)")
-    async def predict_from_files(files: list[UploadFile] = File(..., description="one or more image files")) -> Any:
+    async def predict_from_files(files: list[UploadFile] = File(..., description="one or more image files")) -> Any:  # noqa: B008
         endpoint = "/predict/from_files"
         if not files:
             return error(422, "No files in the request; send one or more multipart fields named 'files'.", endpoint,
