@@ -150,7 +150,10 @@ def test_teacher_from_the_model_registry(trained, mlflow_server, monkeypatch, tm
     client.log_artifact(run.info.run_id, str(checkpoint), "teacher")
     client.set_terminated(run.info.run_id)
     client.create_registered_model("tiny-teacher")
-    version = client.create_model_version("tiny-teacher", f"runs:/{run.info.run_id}/teacher", run.info.run_id)
+    from sparsepipe.storage import file_sha256  # the checksum sparsepipe.registry records (SECURITY.md)
+
+    version = client.create_model_version("tiny-teacher", f"runs:/{run.info.run_id}/teacher", run.info.run_id,
+                                          tags={f"sparsepipe.sha256.{checkpoint.name}": file_sha256(checkpoint)})
     client.set_registered_model_alias("tiny-teacher", "champion", version.version)
 
     student = load_yolo(str(trained.train_dir))

@@ -86,7 +86,8 @@ def test_stack_global_tricks_are_unresolved_and_refused():
 
 def test_allowlist_accepts_model_classes_only():
     ok = ["torch.nn.modules.conv.Conv2d", "ultralytics.nn.tasks.DetectionModel", "torch._utils._rebuild_tensor_v2",
-          "collections.OrderedDict", "torch.HalfStorage", "torch.float16", "builtins.set"]
+          "collections.OrderedDict", "torch.HalfStorage", "torch.float16", "builtins.set",
+          "torch.per_tensor_affine", "torch.quint8"]
     bad = ["builtins.eval", "builtins.getattr", "subprocess.Popen", "posix.system", "os.system",
            "torch.load", "torch.hub.load", "numpy.testing._private.utils.runstring", "ultralytics.YOLO",
            "ultralytics.utils.SettingsManager", "sparsepipe.cli.main", "torch.nn.functional.relu",

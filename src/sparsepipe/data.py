@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -757,7 +758,7 @@ def download(url: str, dest: Path, timeout_s: float = 60.0, progress: bool = Tru
             f"Downloading {safe_url} failed: HTTP {exc.code} {exc.reason}. Check the URL and that "
             f"the file is public (or use an s3:// SOURCE with credentials)."
         ) from None
-    except (urllib.error.URLError, OSError, TimeoutError, ValueError) as exc:  # ValueError: malformed URL
+    except (urllib.error.URLError, OSError, TimeoutError, ValueError, http.client.HTTPException) as exc:  # malformed URL too
         reason = getattr(exc, "reason", exc)
         raise DataError(
             f"Downloading {safe_url} failed ({reason}). Check the URL and the network, or "

@@ -190,7 +190,7 @@ def _is_torch_constant(attr: str) -> bool:
     import torch
 
     value = getattr(torch, attr, None)
-    return isinstance(value, (torch.dtype, torch.layout, torch.memory_format))
+    return isinstance(value, (torch.dtype, torch.layout, torch.memory_format, torch.qscheme))
 
 
 def _is_module_class(module: str, attr: str) -> bool:
