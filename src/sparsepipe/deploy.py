@@ -53,8 +53,8 @@ class DeployConfig:
     queue_size: int = 8  # requests waiting beyond the running ones before 503
     secret: str = "sparsepipe-s3"  # Secret holding the S3 credentials ('' = none, e.g. IRSA)
     secret_keys: tuple[str, str] | None = None  # (access key, secret key) names inside `secret`; None = envFrom
-    tracking_uri: str = "http://mlflow.kubeflow.svc.cluster.local:5000"  # MLflow for models:/ URIs
-    s3_endpoint: str = "http://seaweedfs.kubeflow.svc.cluster.local:8333"  # S3 endpoint ('' = AWS)
+    tracking_uri: str = "http://mlflow.kubeflow:5000"  # MLflow for models:/ URIs (the name its --allowed-hosts lists)
+    s3_endpoint: str = "http://seaweedfs.kubeflow:8333"  # S3 endpoint (KFP's SeaweedFS) ('' = AWS)
     min_replicas: int = 1
     max_replicas: int = 1
     service_account: str = ""  # pod service account ('' = the namespace default)
