@@ -263,7 +263,8 @@ def main() -> None:
     args.sizes = [int(s) for s in str(args.sizes).split(",")]
     args.threads = [int(t) for t in str(args.threads).split(",")]
     patterns = [p for p in args.recipes.split(",") if p]
-    args.recipes = sorted({f for p in patterns for f in (glob.glob(p) or ([p] if Path(p).is_file() else []))})
+    found = [f for p in patterns for f in (sorted(glob.glob(p)) or ([p] if Path(p).is_file() else []))]
+    args.recipes = list(dict.fromkeys(found))  # trained in the order given (globs sorted), each once
 
     from sparsepipe.benchmark import _available_engines
     from sparsepipe.data import resolve_data

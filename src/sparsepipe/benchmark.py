@@ -28,7 +28,8 @@ the wall time of that wave and ``throughput_ips`` counts ``streams x batch`` ima
 ``--batch 1,4,8`` sweeps batch sizes (dynamic-batch ONNX, ``sparsepipe export --dynamic``): one
 row per batch in ``extra["sweep"]``, ``throughput_ips_b<N>`` in the metrics, the first batch's
 numbers as the step's metrics. ``--pin`` pins the process to the first ``threads`` usable CPUs
-(``os.sched_setaffinity``) and asks OpenVINO for ``ENABLE_CPU_PINNING``. Every result.json
+(``os.sched_setaffinity``), onnxruntime's pool threads one per CPU
+(``session.intra_op_thread_affinities``) and asks OpenVINO for ``ENABLE_CPU_PINNING``. Every result.json
 records the engines' versions, the CPU's ISA features, scenario, streams and pinning; with
 ``--floor`` it also measures the machine's INT8 peak (:func:`sparsepipe.hardware.measure_peak`)
 and reports ``floor_ms`` = the model's FLOPs / peak and ``latency_vs_floor`` = p50 / floor.
@@ -175,6 +176,11 @@ class OrtRunner:
         options = ort.SessionOptions()
         options.intra_op_num_threads = _ort_intra_threads(config)
         options.inter_op_num_threads = 1
+        if config.pin and options.intra_op_num_threads > 1:
+            # ORT pins its pool threads (1-based CPU ids, one entry per thread but the caller's,
+            # which the process affinity already holds) to the CPUs after the first.
+            cpus = usable_cpus()[: options.intra_op_num_threads]
+            options.add_session_config_entry("session.intra_op_thread_affinities", ";".join(str(c + 1) for c in cpus[1:]))
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
