@@ -17,6 +17,11 @@ Every ONNX variant runs on every available engine (onnxruntime, OpenVINO, DeepSp
 ``make deepsparse-env`` was run); for each size and thread count all runners are timed in the
 same interleaved rounds. mAP50-95 of each file on the same val split. Prints a Markdown table
 with ``speedup_vs_ort_fp32`` and ``speedup_vs_ultralytics_ov_int8`` and writes it to ``--out``.
+
+    .venv/bin/python benchmarks/quantize_bench.py --size-breakdown runs/bench-quantize/640/pruned75-ptq/model_int8.onnx
+
+prints where the gzip-compressed bytes of an (INT8) ONNX file go, per group of initializers, and
+the order-0 entropy floor of its int8 weights (zero mask + values), then exits.
 """
 
 from __future__ import annotations
@@ -25,6 +30,56 @@ import argparse
 import json
 import time
 from pathlib import Path
+
+
+def size_breakdown(path: str) -> str:
+    """Markdown table: gzip bytes per initializer group of an ONNX file (each group compressed alone)."""
+    import gzip
+
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(path)
+    total = len(gzip.compress(Path(path).read_bytes(), 9))
+    groups: dict[str, list[int]] = {}  # tensors, nonzero elements, raw bytes, gzip bytes
+    floor_bits = 0.0
+    for init in model.graph.initializer:
+        a = numpy_helper.to_array(init)
+        if a.dtype == np.int8 and a.ndim == 4:
+            zeros = float((a == 0).mean())
+            where = "stem/head (model.0, model.22)" if init.name.startswith(("model.0.", "model.22.")) else "body"
+            key = f"int8 conv weights, {where}, {'pruned' if zeros > 0.5 else 'dense'}"
+            mask = 0.0 if zeros in (0.0, 1.0) else -(zeros * np.log2(zeros) + (1 - zeros) * np.log2(1 - zeros))
+            _, counts = np.unique(a[a != 0], return_counts=True)
+            q = counts / max(counts.sum(), 1)
+            floor_bits += a.size * mask + int(np.count_nonzero(a)) * float(-(q * np.log2(q)).sum())
+        elif a.dtype in (np.float32, np.float16) and a.ndim == 4:
+            key = "float conv weights (kept-float convs)"
+        elif a.dtype == np.int32:
+            key = "int32 biases"
+        elif init.name.endswith("_scale"):
+            key = "scales"
+        elif init.name.endswith("_zero_point"):
+            key = "zero points"
+        else:
+            key = "other (float biases, shape constants)"
+        g = groups.setdefault(key, [0, 0, 0, 0])
+        raw = a.tobytes()
+        g[0] += 1
+        g[1] += int(np.count_nonzero(a))
+        g[2] += len(raw)
+        g[3] += len(gzip.compress(raw, 9))
+    mib = 1024 * 1024
+    lines = [f"`{path}`: {Path(path).stat().st_size / mib:.2f} MiB, gzip {total / mib:.3f} MiB", "",
+             "| part | tensors | nonzero values | raw MiB | gzip MiB (alone) | share of gzip |", "|---|---|---|---|---|---|"]
+    for key, (n, nz, raw, gz) in sorted(groups.items(), key=lambda kv: -kv[1][3]):
+        lines.append(f"| {key} | {n} | {nz / 1e6:.3f} M | {raw / mib:.3f} | {gz / mib:.3f} | {gz / total:.0%} |")
+    rest = total - sum(g[3] for g in groups.values())
+    lines.append(f"| graph, names, metadata (rest) | - | - | - | {rest / mib:.3f} | {rest / total:.0%} |")
+    lines.append("")
+    lines.append(f"Order-0 entropy floor of the int8 conv weights (zero mask + nonzero values): {floor_bits / 8 / mib:.3f} MiB.")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -38,7 +93,11 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=60, help="timed iterations per runner per size/threads")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--qat-imgsz", type=int, default=320)
+    parser.add_argument("--size-breakdown", metavar="ONNX", help="print where the gzip bytes of this file go, and exit")
     args = parser.parse_args()
+    if args.size_breakdown:
+        print(size_breakdown(args.size_breakdown))
+        return
 
     from ultralytics import YOLO
 
