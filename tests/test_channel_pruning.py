@@ -183,8 +183,20 @@ def pruned(trained, tmp_path_factory):
     assert proc.returncode == -9, proc.stderr[-3000:]
     last = out / "ultralytics" / "weights" / "last.pt"
     killed = {"state": checkpoint_state(last), "ratio": channel_ratio(_model(last))}
-    result = sparsify(str(trained.train_dir), str(trained.data_dir), None, out, SparsifyConfig(**CONFIG), resume=True)
-    return result, killed
+    seen: list[dict] = []
+
+    def check(trainer):  # after every batch: optimizer and EMA hold exactly the live parameters
+        model = trainer.model
+        live = {id(p) for p in model.parameters()}  # ultralytics' optimizer also holds the frozen DFL weight
+        in_opt = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+        ema_shapes = [tuple(p.shape) for p in trainer.ema.ema.parameters()]
+        seen.append({"epoch": trainer.epoch, "optimizer_ok": live == in_opt, "lr": trainer.optimizer.param_groups[0]["lr"],
+                     "ema_ok": ema_shapes == [tuple(p.shape) for p in model.parameters()],
+                     "channels": sum(m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d))})
+
+    result = sparsify(str(trained.train_dir), str(trained.data_dir), None, out, SparsifyConfig(**CONFIG), resume=True,
+                      callbacks={"on_train_batch_end": [check]})
+    return result, {**killed, "seen": seen}
 
 
 def test_killed_run_resumes_with_its_pruned_architecture(pruned):
@@ -194,6 +206,10 @@ def test_killed_run_resumes_with_its_pruned_architecture(pruned):
     state = checkpoint_state(result.path("weights"))
     assert state["channel_pruning"]["steps_done"] == 2 and state["finished"]
     assert read_result(result.out_dir).config["resume"] is True
+    seen = killed["seen"]  # the resumed run pruned again (step 2 at epoch 2) and kept training
+    assert seen and all(row["optimizer_ok"] and row["ema_ok"] for row in seen)
+    assert seen[0]["channels"] > seen[-1]["channels"]  # channels removed at step 2, mid-run
+    assert all(row["lr"] > 0 for row in seen)
 
 
 def test_pruned_checkpoint_has_fewer_channels_params_and_macs(pruned, trained):

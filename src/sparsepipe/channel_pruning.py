@@ -206,6 +206,14 @@ def channel_modifier(recipe: Any) -> ChannelPruningModifier | None:
         raise SparsepipeError(f"{recipe.source}: the recipe has {len(mods)} ChannelPruningModifiers; "
                               f"use one (per-layer ratios go in its 'ratios' field).")
     mod = mods[0]
+    from sparsepipe.modifiers.distillation import PerLayerDistillationModifier
+
+    if recipe.modifiers_of(PerLayerDistillationModifier):
+        raise SparsepipeError(
+            f"{recipe.source}: !PerLayerDistillationModifier cannot be combined with "
+            f"!ChannelPruningModifier (its learned projections are sized for the unpruned layers). "
+            f"Distill before or after channel pruning in a separate sparsify run, or use the "
+            f"output-level !DistillationModifier.")
     for other in recipe.modifiers_of(GMPruningModifier, ConstantPruningModifier, *QUANTIZATION_MODIFIERS):
         if other.start < mod.end_epoch:
             raise SparsepipeError(
@@ -225,10 +233,11 @@ def keep_architecture_trainer(base: type, convert: bool = False) -> type:
 
     def get_model(trainer: Any, cfg: Any = None, weights: Any = None, verbose: bool = True) -> nn.Module:
         if is_splitfree(weights):
-            nc = getattr(trainer, "data", {}).get("nc")
-            if nc is not None and getattr(weights, "nc", nc) != nc:
+            nc = (getattr(trainer, "data", None) or {}).get("nc")
+            have = getattr(weights.model[-1], "nc", nc) if hasattr(weights, "model") else nc
+            if nc is not None and have != nc:
                 raise SparsepipeError(
-                    f"The channel-pruned checkpoint predicts {weights.nc} classes but the data set has "
+                    f"The channel-pruned checkpoint predicts {have} classes but the data set has "
                     f"{nc}; its head cannot be rebuilt from the YAML. Train it on data with the same "
                     f"classes, or prune a model trained on this data set.")
             model = copy.deepcopy(weights).float()

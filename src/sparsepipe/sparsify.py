@@ -186,6 +186,13 @@ def sparsify(
     from sparsepipe.channel_pruning import ChannelPruningController, channel_modifier, keep_architecture_trainer
 
     channels = None
+    from sparsepipe.channel_pruning import is_splitfree
+
+    if distill is not None and is_splitfree(yolo.model):
+        raise SparsepipeError(
+            f"'{model}' is channel-pruned; distillation rebuilds the student from its YAML and does not "
+            f"support pruned architectures yet. Distill before channel pruning, or drop the distillation "
+            f"modifiers from this recipe.")
     if channel_modifier(loaded) is not None:  # structured pruning: torch-pruning steps (sparsepipe.channel_pruning)
         channels = ChannelPruningController(loaded, session, resume_state)
         session.state_hooks.append(channels.state)
