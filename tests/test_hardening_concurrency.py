@@ -58,6 +58,8 @@ def test_two_runs_at_once_keep_apart(s3_server, mlflow_server, tmp_path):
     go = tmp_path / "go"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
     env.update(s3_server.env)
+    env["MLFLOW_TRACKING_TOKEN"] = "tok-" + s3_server.secret_key[::-1][:16]  # a credential MLflow would send
+    secrets = [s3_server.access_key, s3_server.secret_key, env["MLFLOW_TRACKING_TOKEN"]]
     procs = {}
     for seed, run_id in ((1, "run-a"), (2, "run-b")):
         args = {"experiment": experiment, "model": model, "mlflow": mlflow_server.tracking_uri, "root": root,
@@ -66,10 +68,11 @@ def test_two_runs_at_once_keep_apart(s3_server, mlflow_server, tmp_path):
                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(0.5)
     go.write_text("go")  # both start their chains together
-    results = {}
+    results, logs = {}, {}
     for run_id, proc in procs.items():
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, out[-4000:]
+        logs[run_id] = out
         results[run_id] = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
 
     # S3: run-scoped prefixes, each committed with the bytes its own process wrote.
@@ -109,6 +112,22 @@ def test_two_runs_at_once_keep_apart(s3_server, mlflow_server, tmp_path):
             mv = client.get_model_version(model, v)
             assert mv.run_id == res["parent"] and mv.tags["sparsepipe.variant"].startswith(run_id)
     assert client.get_model_version_by_alias(model, "champion").version == str(max(int(v.version) for v in versions))
+
+    # Secrets were in both processes' environment: none reached a log, MLflow, S3 or a local output.
+    haystacks = {f"log {k}": v for k, v in logs.items()}
+    for r in runs:
+        haystacks[f"run {r.info.run_name}"] = json.dumps({**r.data.params, **r.data.tags})
+    for v in versions:
+        haystacks[f"version {v.version}"] = json.dumps(v.tags)
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=s3_server.bucket, Prefix=f"concurrent/{tmp_path.name}/")
+    for key in [o["Key"] for page in pages for o in page.get("Contents", [])]:
+        haystacks[key] = s3.get_object(Bucket=s3_server.bucket, Key=key)["Body"].read().decode("latin-1")
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            haystacks[str(path)] = path.read_bytes().decode("latin-1")
+    assert len(haystacks) > 20
+    leaks = [where for where, text in haystacks.items() for s in secrets if s in text]
+    assert leaks == []
 
 
 def test_force_policy_and_no_alias(mlflow_server, tmp_path, monkeypatch):
