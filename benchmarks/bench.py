@@ -212,13 +212,16 @@ def time_cells(args: argparse.Namespace, files: dict[tuple[str, int], Path], map
 
 
 def profile_best(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
-    """Top ops of the best variant at each size (its own engine, and onnxruntime)."""
+    """Top ops of the best variant at each size, and of the fastest at any accuracy (each on its own
+    engine, and on onnxruntime)."""
     from sparsepipe.benchmark import profile_ops
 
     profiles: dict[str, list[dict[str, Any]]] = {}
     threads = max(args.threads)
-    for (size, nthreads), row in sorted(bench_report.best_rows(rows).items()):
-        if nthreads != threads:
+    chosen = list(bench_report.best_rows(rows).values()) + list(bench_report.fastest_rows(rows).values())
+    for row in list({id(r): r for r in chosen}.values()):
+        size = row["size"]
+        if row["threads"] != threads:
             continue
         engines = [row["engine"]] if row["engine"] in ("onnxruntime", "openvino") else []
         if "onnxruntime" not in engines:
@@ -252,6 +255,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="320 px, 1 thread, 2 epochs, few iterations; no docs")
     parser.add_argument("--no-docs", action="store_true", help="write only into --out")
     parser.add_argument("--prepare-only", action="store_true", help="train, export and evaluate (cached), time nothing")
+    parser.add_argument("--report-only", action="store_true", help="re-render tables/plot/docs from --out/bench.json, time nothing")
     parser.add_argument("--note", default="", help="a sentence for the docs header (e.g. machine load)")
     args = parser.parse_args()
     if args.quick:  # smaller defaults; flags given explicitly still win
@@ -269,10 +273,15 @@ def main() -> None:
     from sparsepipe.benchmark import _available_engines
     from sparsepipe.data import resolve_data
     from sparsepipe.hardware import cpu_info, engine_versions
-    from sparsepipe.results import atomic_write_text, atomic_write_with
+    from sparsepipe.results import atomic_write_text
 
     started = time.time()
     out = Path(args.out).resolve()
+    if args.report_only:
+        if not (out / "bench.json").is_file():
+            sys.exit(f"error: {out / 'bench.json'} does not exist; run benchmarks/bench.py --out {args.out} first.")
+        publish(json.loads((out / "bench.json").read_text()), out, write_docs=not args.no_docs)
+        return
     out.mkdir(parents=True, exist_ok=True)
     src = Path(args.sparsify)
     for need in ("baseline", "plain", "pruned75", "data"):
@@ -291,47 +300,54 @@ def main() -> None:
     rows, peaks = time_cells(args, files, maps, engines)
     profiles = profile_best(rows, args)
 
-    hw = cpu_info()
-    minutes = (time.time() - started) / 60
-    day = time.strftime("%Y-%m-%d")
-    command = "make bench" if not args.quick else "benchmarks/bench.py --quick"
+    payload = {"rows": rows, "peaks": peaks, "profiles": profiles, "models": models, "hardware": cpu_info(),
+               "engines": engine_versions(), "args": vars(args), "minutes": (time.time() - started) / 60,
+               "day": time.strftime("%Y-%m-%d")}
+    payload = json.loads(json.dumps(payload, default=str))
+    atomic_write_text(out / "bench.json", json.dumps(payload, indent=2) + "\n")
+    publish(payload, out, write_docs=not args.no_docs)
+
+
+def publish(payload: dict[str, Any], out: Path, write_docs: bool) -> None:
+    """bench.md + bench.png in ``out``; with ``write_docs`` also benchmarks/results/bench-<day>.*,
+    docs/img/bench-<day>.png and the generated block of docs/benchmarks.md."""
+    from sparsepipe.results import atomic_write_text, atomic_write_with
+
+    args, hw, rows, day = payload["args"], payload["hardware"], payload["rows"], payload["day"]
+    command = "benchmarks/bench.py --quick" if args["quick"] else "make bench"
     isa = ", ".join(k for k, v in hw["isa"].items() if v)
     peak_text = "; ".join(f"{t} thread(s): INT8 {p['int8_ops_s'] / 1e9:.0f} GOPS, FP32 {p['fp32_ops_s'] / 1e9:.0f} GOPS"
-                          for t, p in peaks.items())
+                          for t, p in payload["peaks"].items())
     header = (
-        f"Command: `{command}` (`.venv/bin/python benchmarks/bench.py --sizes {','.join(map(str, args.sizes))} "
-        f"--threads {','.join(map(str, args.threads))} --epochs {args.epochs} --iterations {args.iterations} "
-        f"--rounds {args.rounds}`), {day}, {minutes:.0f} min for this invocation (steps reused from earlier runs are "
-        f"not re-done). Machine: {hw['cpu_model']}, {hw['usable_cores']} usable cores, ISA: {isa}. Engines: "
-        f"{', '.join(f'{k} {v}' for k, v in engine_versions().items())}. Measured peak (probe: one 3x3 conv, best "
-        f"engine): {peak_text}. {args.note}".rstrip()
+        f"Command: `{command}` (`.venv/bin/python benchmarks/bench.py --sizes {','.join(map(str, args['sizes']))} "
+        f"--threads {','.join(map(str, args['threads']))} --epochs {args['epochs']} --iterations {args['iterations']} "
+        f"--rounds {args['rounds']}`), {day}, {payload['minutes']:.0f} min for this invocation (steps reused from "
+        f"earlier runs are not re-done). Machine: {hw['cpu_model']}, {hw['usable_cores']} usable cores, ISA: {isa}. "
+        f"Engines: {', '.join(f'{k} {v}' for k, v in payload['engines'].items())}. Measured peak (probe: one 3x3 conv, "
+        f"best engine): {peak_text}. {args.get('note', '')}".rstrip()
     )
-    variants_text = "; ".join(f"`{n}` {m['epochs']} epochs" + (f" ({Path(m['recipe']).name}, {m['recipe_args']})" if m.get("recipe") else "")
-                              for n, m in models.items())
-    table = bench_report.markdown_table(rows)
-    closing = bench_report.summary(rows, profiles)
-    section = f"{header}\n\nModels: {variants_text}.\n\n{table}\n\n{closing}\n"
+    variants_text = "; ".join(
+        f"`{n}` {m['epochs']} epochs" + (f" ({Path(m['recipe']).name}, {m['recipe_args']})" if m.get("recipe") else "")
+        for n, m in payload["models"].items())
+    section = (f"{header}\n\nModels: {variants_text}.\n\n{bench_report.markdown_table(rows)}\n\n"
+               f"{bench_report.summary(rows, payload['profiles'])}\n")
     print(section, flush=True)
-
-    payload = {"rows": rows, "peaks": peaks, "profiles": profiles, "models": {n: {k: str(v) for k, v in m.items()} for n, m in models.items()},
-               "hardware": hw, "engines": engine_versions(), "args": {k: v for k, v in vars(args).items()}, "minutes": minutes}
-    atomic_write_text(out / "bench.json", json.dumps(payload, indent=2, default=str) + "\n")
     atomic_write_text(out / "bench.md", section)
     plot_path = out / "bench.png"
-    bench_report.plot(rows, plot_path, threads=min(args.threads), save=atomic_write_with)
-    if not args.no_docs:
-        results = ROOT / "benchmarks" / "results"
-        atomic_write_text(results / f"bench-{day}.json", json.dumps(payload, indent=2, default=str) + "\n")
-        atomic_write_text(results / f"bench-{day}.md", section)
-        img = ROOT / "docs" / "img" / f"bench-{day}.png"
-        atomic_write_with(img, lambda tmp: Path(tmp).write_bytes(plot_path.read_bytes()))
-        doc_path = ROOT / "docs" / "benchmarks.md"
-        doc = doc_path.read_text()
-        generated = (f"Raw numbers: `benchmarks/results/bench-{day}.{{json,md}}`. Plot (1 thread): "
-                     f"![accuracy vs latency](img/bench-{day}.png)\n\n{section}")
-        atomic_write_text(doc_path, bench_report.replace_section(
-            doc, generated, "## Channel pruning and the fastest CPU variant (issue 8)"))
-        print(f"wrote {doc_path} (issue-8 section), {results}/bench-{day}.*, {img}", flush=True)
+    bench_report.plot(rows, plot_path, threads=min(args["threads"]), save=atomic_write_with)
+    if not write_docs:
+        return
+    results = ROOT / "benchmarks" / "results"
+    atomic_write_text(results / f"bench-{day}.json", json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(results / f"bench-{day}.md", section)
+    img = ROOT / "docs" / "img" / f"bench-{day}.png"
+    atomic_write_with(img, lambda tmp: Path(tmp).write_bytes(plot_path.read_bytes()))
+    doc_path = ROOT / "docs" / "benchmarks.md"
+    generated = (f"Raw numbers: `benchmarks/results/bench-{day}.{{json,md}}`. Plot ({min(args['threads'])} thread): "
+                 f"![accuracy vs latency](img/bench-{day}.png)\n\n{section}")
+    atomic_write_text(doc_path, bench_report.replace_section(
+        doc_path.read_text(), generated, "## Channel pruning and the fastest CPU variant (issue 8)"))
+    print(f"wrote {doc_path} (issue-8 section), {results}/bench-{day}.*, {img}", flush=True)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,16 @@ def best_rows(rows: list[dict[str, Any]]) -> dict[tuple[int, int], dict[str, Any
     return best
 
 
+def fastest_rows(rows: list[dict[str, Any]]) -> dict[tuple[int, int], dict[str, Any]]:
+    """Per (size, threads): the fastest sparsepipe row at any accuracy."""
+    fastest: dict[tuple[int, int], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["size"], row["threads"])
+        if not row["variant"].startswith("ultralytics-") and (key not in fastest or row["latency_ms_p50"] < fastest[key]["latency_ms_p50"]):
+            fastest[key] = row
+    return fastest
+
+
 def verdict(row: dict[str, Any]) -> str:
     """One line: met / not met, by how much, for both speed targets."""
     parts = []
@@ -120,6 +130,12 @@ def summary(rows: list[dict[str, Any]], profiles: dict[str, list[dict[str, Any]]
                      f"{row['latency_ms_p50']:.2f} ms, mAP kept {row['map_kept']:.3f}, p50 / INT8 floor "
                      f"{_fmt(row.get('latency_vs_floor'), '.1f', 'x')}: {verdict(row)}")
     cells = {(r["size"], r["threads"]) for r in rows}
+    for (size, threads), row in sorted(fastest_rows(rows).items(), key=lambda kv: (-kv[0][0], kv[0][1])):
+        if best.get((size, threads)) is not row:
+            lines.append(f"- (fastest at any accuracy, {size} px, {threads} thread{'s' if threads > 1 else ''}: {row['variant']} on "
+                         f"{row['engine']}, {row['latency_ms_p50']:.2f} ms, mAP kept {_fmt(row.get('map_kept'), '.3f')}, "
+                         f"{_fmt(row.get('vs_ort_fp32'), '.2f', 'x')} vs dense FP32 ORT, "
+                         f"{_fmt(row.get('vs_ul_ov_int8'), '.2f', 'x')} vs ultralytics OV INT8)")
     for size, threads in sorted(cells - set(best)):
         lines.append(f"- {size} px, {threads} threads: no sparsepipe variant kept {TARGET_MAP_KEPT:.0%} of the reference mAP")
     if profiles:

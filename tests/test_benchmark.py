@@ -226,8 +226,10 @@ def test_ratios_best_variant_and_verdict():
     assert best[(320, 1)]["variant"] == "dense"
     assert "met" in br.verdict(best[(640, 1)]) and "NOT" not in br.verdict(best[(640, 1)])
     assert "NOT met (needs 5.00x more)" in br.verdict(best[(320, 1)])
+    assert br.fastest_rows(rows)[(640, 1)]["variant"] == "channels70"
     text = br.summary(rows, {"x": [{"op": "QLinearConv", "share": 0.5, "ms_per_run": 1.0}]})
     assert "channels50-qat on openvino" in text and "QLinearConv 50%" in text
+    assert "fastest at any accuracy, 640 px, 1 thread: channels70 on openvino" in text
 
 
 def test_docs_section_is_replaced_not_duplicated():
@@ -241,6 +243,7 @@ def test_docs_section_is_replaced_not_duplicated():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # trains, exports (ultralytics INT8 twice), evaluates and times twice
 def test_bench_quick_runs_end_to_end_and_reuses_steps(trained, tmp_path):
     """benchmarks/bench.py --quick on the tiny fixture model (baseline = plain = pruned75 here),
     with a QAT recipe as the 'channel' variant; a second run re-times and retrains nothing."""
