@@ -167,9 +167,16 @@ def prune_to(model: nn.Module, modifier: ChannelPruningModifier, fraction: float
     convs = conv_layers(model)
     ratios: dict[nn.Module, float] = {}
     for name, final in target_ratios(model, modifier).items():
-        keep = original.get(name, convs[name].out_channels) * (1.0 - final * fraction)
+        start = original.get(name, convs[name].out_channels)
+        keep = max(1, round(start * (1.0 - final * fraction)))
+        step = modifier.round_to
+        if step and start >= step:  # nearest multiple of round_to (torch-pruning's own rounding removes more)
+            keep = max(step, int(round(keep / step)) * step)
         current = convs[name].out_channels
-        ratios[convs[name]] = min(max(1.0 - keep / current, 0.0), 0.95) if current else 0.0
+        keep = min(keep, current)
+        # torch-pruning keeps int(current * (1 - ratio)) channels: aim half a channel above `keep`
+        # so float error cannot drop one more
+        ratios[convs[name]] = min(max((current - keep - 0.5) / current, 0.0), 0.95) if current else 0.0
     ignored = [m for _, m in always_ignored(model)]
     ignored += [m for n, m in model.named_modules()
                 if n and any(_matches(sel, n) for sel in modifier.ignore) and isinstance(m, nn.Conv2d)]
@@ -184,7 +191,7 @@ def prune_to(model: nn.Module, modifier: ChannelPruningModifier, fraction: float
             pruner = tp.pruner.BasePruner(
                 model, torch.zeros(1, 3, TRACE_IMGSZ, TRACE_IMGSZ, device=device),
                 importance=_importance(modifier.importance), pruning_ratio=0.0,
-                pruning_ratio_dict=ratios, ignored_layers=ignored, round_to=modifier.round_to)
+                pruning_ratio_dict=ratios, ignored_layers=ignored, round_to=None)
             pruner.step()
     finally:
         for p in model.parameters():

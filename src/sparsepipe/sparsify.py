@@ -289,7 +289,7 @@ def sparsify(
     )
     # "sparsity" is already a per-epoch curve (RecipeSession); its last point is the final value.
     tracker.log_metrics({k: v for k, v in metrics.items() if k not in ("epochs", "sparsity")})
-    for path in (weights, table_path, chart):
+    for path in (weights, table_path, chart, *files_extra.values()):
         tracker.log_artifact(str(path), "sparsify")
     result.write()
     return result
