@@ -266,6 +266,15 @@ def test_pruned_checkpoint_reloads_and_trains_without_yaml_rebuild(pruned, train
     assert "map50_95" in again.metrics  # ultralytics' own final validation ran on it
 
 
+def test_pruned_checkpoint_refuses_data_with_other_classes(pruned, tmp_path):
+    from sparsepipe.training import TrainConfig, train
+
+    result, _ = pruned
+    with pytest.raises(SparsepipeError, match="predicts 6 classes but the data set has 3"):
+        train(str(result.out_dir), "synthetic:train=8,val=4,size=64,classes=3,seed=5", tmp_path / "other",
+              TrainConfig(epochs=1, imgsz=64, batch=4, workers=0, plots=False))
+
+
 def test_pruned_onnx_matches_torch(pruned, tmp_path):
     import onnxruntime as ort
 
