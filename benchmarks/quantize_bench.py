@@ -93,6 +93,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=60, help="timed iterations per runner per size/threads")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--qat-imgsz", type=int, default=320)
+    parser.add_argument("--reuse", action="store_true",
+                        help="time again the files of a previous run in --out (and reuse their recorded mAP); "
+                             "variants whose folder was removed are made and evaluated again")
     parser.add_argument("--size-breakdown", metavar="ONNX", help="print where the gzip bytes of this file go, and exit")
     args = parser.parse_args()
     if args.size_breakdown:
@@ -127,32 +130,58 @@ def main() -> None:
                          QATConfig(imgsz=args.qat_imgsz, plots=False, variant="pruned75-qat"))
     qat_weights = str(qat_result.path("weights"))
 
+    # --reuse: files already in --out whose mAP the previous run recorded are timed again as they are
+    previous: dict[tuple[str, int], float] = {}
+    if args.reuse and (out / "quantize.json").is_file():
+        previous = {(r["variant"], r["size"]): r["map50_95"] for r in json.loads((out / "quantize.json").read_text())}
+
+    def ultralytics_int8(fmt: str, size: int, d: Path) -> Path:
+        work = d / f"ultralytics-{fmt}-int8"
+        work.mkdir(parents=True, exist_ok=True)
+        staged = work / "model.pt"
+        baseline_pt = Path(args.baseline) / "model.pt" if Path(args.baseline).is_dir() else Path(args.baseline)
+        staged.write_bytes(baseline_pt.read_bytes())
+        exported = Path(YOLO(str(staged)).export(format=fmt, quantize=8, data=data_yaml, imgsz=size, batch=1, device="cpu"))
+        return next(exported.glob("*.xml")) if fmt == "openvino" else exported  # the IR; its folder holds metadata.yaml
+
+    def qat_layout(size: int, d: Path) -> Path:
+        (d / "pruned75-qat-qatlayout").mkdir(parents=True, exist_ok=True)
+        return export_int8_onnx(qat_weights, d / "pruned75-qat-qatlayout" / "model_int8.onnx", size, layout="qat")
+
     files: dict[tuple[str, int], Path] = {}  # (variant, size) -> model file
+    accuracy: dict[tuple[str, int], float] = {}
     for size in sizes:
         d = out / str(size)
-        files[("fp32", size)] = export_onnx(args.baseline, d / "fp32", ExportConfig(imgsz=size)).path("onnx")
-        files[("ptq", size)] = quantize(str(d / "fp32"), args.data, d / "ptq", QuantizeConfig(evaluate=False)).path("int8_onnx")
-        files[("pruned75", size)] = export_onnx(args.pruned, d / "pruned75", ExportConfig(imgsz=size)).path("onnx")
-        files[("pruned75-ptq", size)] = quantize(str(d / "pruned75"), args.data, d / "pruned75-ptq",
-                                                 QuantizeConfig(evaluate=False)).path("int8_onnx")
-        files[("pruned75-qat", size)] = export_onnx(qat_weights, d / "pruned75-qat", ExportConfig(imgsz=size)).path("onnx")
-        (d / "pruned75-qat-qatlayout").mkdir(parents=True, exist_ok=True)
-        files[("pruned75-qat-qatlayout", size)] = export_int8_onnx(
-            qat_weights, d / "pruned75-qat-qatlayout" / "model_int8.onnx", size, layout="qat")
-        baseline_pt = Path(args.baseline) / "model.pt" if Path(args.baseline).is_dir() else Path(args.baseline)
-        for fmt in ("onnx", "openvino"):
-            work = d / f"ultralytics-{fmt}-int8"
-            work.mkdir(parents=True, exist_ok=True)
-            staged = work / "model.pt"
-            staged.write_bytes(baseline_pt.read_bytes())
-            exported = Path(YOLO(str(staged)).export(format=fmt, quantize=8, data=data_yaml, imgsz=size, batch=1, device="cpu"))
-            if fmt == "openvino":
-                exported = next(exported.glob("*.xml"))  # the IR; its folder also holds metadata.yaml
-            files[(f"ultralytics-{fmt}-int8", size)] = exported
+        makers = {  # variant -> (file it leaves, how to make it)
+            "fp32": (d / "fp32" / "model.onnx",
+                     lambda: export_onnx(args.baseline, d / "fp32", ExportConfig(imgsz=size)).path("onnx")),
+            "ptq": (d / "ptq" / "model_int8.onnx",
+                    lambda: quantize(str(d / "fp32"), args.data, d / "ptq", QuantizeConfig(evaluate=False)).path("int8_onnx")),
+            "pruned75": (d / "pruned75" / "model.onnx",
+                         lambda: export_onnx(args.pruned, d / "pruned75", ExportConfig(imgsz=size)).path("onnx")),
+            "pruned75-ptq": (d / "pruned75-ptq" / "model_int8.onnx",
+                             lambda: quantize(str(d / "pruned75"), args.data, d / "pruned75-ptq",
+                                              QuantizeConfig(evaluate=False)).path("int8_onnx")),
+            "pruned75-qat": (d / "pruned75-qat" / "model.onnx",
+                             lambda: export_onnx(qat_weights, d / "pruned75-qat", ExportConfig(imgsz=size)).path("onnx")),
+            "pruned75-qat-qatlayout": (d / "pruned75-qat-qatlayout" / "model_int8.onnx", lambda: qat_layout(size, d)),
+            "ultralytics-onnx-int8": (next(iter(sorted((d / "ultralytics-onnx-int8").glob("*.onnx"))), None),
+                                      lambda: ultralytics_int8("onnx", size, d)),
+            "ultralytics-openvino-int8": (next(iter(sorted((d / "ultralytics-openvino-int8").glob("*_openvino_model/*.xml"))), None),
+                                          lambda: ultralytics_int8("openvino", size, d)),
+        }
+        for variant, (existing, make) in makers.items():
+            if args.reuse and existing is not None and existing.is_file() and (variant, size) in previous:
+                files[(variant, size)] = existing
+                accuracy[(variant, size)] = previous[(variant, size)]
+                print(f"reuse {variant} at {size}: {existing} (mAP50-95 {previous[(variant, size)]:.4f})", flush=True)
+            else:
+                files[(variant, size)] = make()
 
     # Accuracy of each file, at its size, on the same val split.
-    accuracy: dict[tuple[str, int], float] = {}
     for (variant, size), path in files.items():
+        if (variant, size) in accuracy:
+            continue
         if path.suffix == ".xml":  # an OpenVINO IR folder: ultralytics validates it directly
             metrics = YOLO(str(path.parent), task="detect").val(data=data_yaml, imgsz=size, batch=1, plots=False,
                                                                 project=str(out / str(size)), name=f"eval-{variant}")
@@ -206,7 +235,7 @@ def main() -> None:
                      f"{r['latency_ms_p50']:.2f} | {r['speedup_vs_ort_fp32']:.2f}x | {vs_ov} | {r['size_mb']:.2f} | {r['size_gz_mb']:.2f} |")
     hw = cpu_info()
     header = (f"Command: `.venv/bin/python benchmarks/quantize_bench.py --sizes {args.sizes} --threads {args.threads} "
-              f"--iterations {args.iterations} --rounds {args.rounds}`; engines {', '.join(engines)}; machine: "
+              f"--iterations {args.iterations} --rounds {args.rounds}{' --reuse' if args.reuse else ''}`; engines {', '.join(engines)}; machine: "
               f"{hw['cpu_model']}, {hw['usable_cores']} cores, INT8: {hw['int8_hint']}; {time.strftime('%Y-%m-%d')}; "
               f"{(time.time() - started) / 60:.0f} min.")
     table = header + "\n\n" + "\n".join(lines) + "\n"

@@ -868,9 +868,8 @@ def export_int8_onnx(checkpoint: str | Path, target: str | Path, imgsz: int, ops
                                simplify=True, device="cpu")
         if not exported or not Path(exported).is_file():
             raise SparsepipeError(f"ultralytics did not produce an ONNX file for '{checkpoint}'.")
-        # MinMax: what is left to calibrate (sigmoid outputs in [0, 1], SiLU/add outputs next to learned
-        # ranges) has no outliers to clip, and it is ~10x faster than histogram methods
-        config = calibration or QuantizeConfig(calibration_method="minmax", evaluate=False)
+        # PTQ's default (percentile): at 640 px MinMax ranges for the unlearned tensors cost 6 % mAP50-95
+        config = calibration or QuantizeConfig(evaluate=False)
         images = sample_images(train_images(str(data)), config.calibration_images, config.seed)
         quantize_onnx(Path(exported), target, images, imgsz, config, plan=lambda pre: qdq_plan(pre, ranges, floats))
     finally:
