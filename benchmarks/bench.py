@@ -256,6 +256,7 @@ def main() -> None:
     parser.add_argument("--no-docs", action="store_true", help="write only into --out")
     parser.add_argument("--prepare-only", action="store_true", help="train, export and evaluate (cached), time nothing")
     parser.add_argument("--report-only", action="store_true", help="re-render tables/plot/docs from --out/bench.json, time nothing")
+    parser.add_argument("--reprofile", action="store_true", help="with --report-only: profile the best/fastest rows again")
     parser.add_argument("--note", default="", help="a sentence for the docs header (e.g. machine load)")
     args = parser.parse_args()
     if args.quick:  # smaller defaults; flags given explicitly still win
@@ -280,7 +281,11 @@ def main() -> None:
     if args.report_only:
         if not (out / "bench.json").is_file():
             sys.exit(f"error: {out / 'bench.json'} does not exist; run benchmarks/bench.py --out {args.out} first.")
-        publish(json.loads((out / "bench.json").read_text()), out, write_docs=not args.no_docs)
+        payload = json.loads((out / "bench.json").read_text())
+        if args.reprofile:
+            payload["profiles"] = profile_best(payload["rows"], args)
+            atomic_write_text(out / "bench.json", json.dumps(payload, indent=2) + "\n")
+        publish(payload, out, write_docs=not args.no_docs)
         return
     out.mkdir(parents=True, exist_ok=True)
     src = Path(args.sparsify)
@@ -313,7 +318,8 @@ def publish(payload: dict[str, Any], out: Path, write_docs: bool) -> None:
     docs/img/bench-<day>.png and the generated block of docs/benchmarks.md."""
     from sparsepipe.results import atomic_write_text, atomic_write_with
 
-    args, hw, rows, day = payload["args"], payload["hardware"], payload["rows"], payload["day"]
+    args, hw, rows = payload["args"], payload["hardware"], payload["rows"]
+    day = payload.setdefault("day", time.strftime("%Y-%m-%d"))
     command = "benchmarks/bench.py --quick" if args["quick"] else "make bench"
     isa = ", ".join(k for k, v in hw["isa"].items() if v)
     peak_text = "; ".join(f"{t} thread(s): INT8 {p['int8_ops_s'] / 1e9:.0f} GOPS, FP32 {p['fp32_ops_s'] / 1e9:.0f} GOPS"

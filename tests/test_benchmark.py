@@ -270,7 +270,8 @@ def test_bench_quick_runs_end_to_end_and_reuses_steps(trained, tmp_path):
         assert any(v == variant for v, _ in pairs), variant
     assert ("quick-test-qat-ptq", "onnxruntime") not in pairs  # an INT8 QAT file is not re-quantized
     ref = next(r for r in rows if (r["variant"], r["engine"]) == ("dense", "onnxruntime"))
-    assert ref["vs_ort_fp32"] == 1.0 and ref["map_kept"] == 1.0
+    assert ref["vs_ort_fp32"] == 1.0
+    assert ref["map_kept"] == (1.0 if ref["map50_95"] > 0 else None)  # the 2-epoch fixture model may score 0
     assert all(r["floor_ms"] > 0 and r["latency_vs_floor"] == pytest.approx(r["latency_ms_p50"] / r["floor_ms"]) for r in rows)
     assert "Best sparsepipe variant" in (out / "bench.md").read_text() and (out / "bench.png").stat().st_size > 0
     trained_at = (out / "train" / "quick-test-qat" / "result.json").stat().st_mtime_ns
