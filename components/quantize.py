@@ -14,7 +14,7 @@ def quantize_model(
     metrics: Output[Metrics],
     context: str = "",
     calibration_images: int = 64,
-    calibration_method: str = "minmax",
+    calibration_method: str = "percentile",
     per_channel: bool = True,
     seed: int = 0,
     variant: str = "",

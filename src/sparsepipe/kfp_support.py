@@ -388,7 +388,7 @@ def run_sparsify(model: str, data: str, recipe: str, out: str, context: str = ""
 
 
 def run_quantize(model: str, data: str, out: str, context: str = "", *, calibration_images: int = 64,
-                 calibration_method: str = "minmax", per_channel: bool = True, evaluate: bool = False,
+                 calibration_method: str = "percentile", per_channel: bool = True, evaluate: bool = False,
                  seed: int = 0, variant: str = "") -> StepResult:
     """The quantize step, PTQ (``model``: an export folder or ONNX/.pt; ``data``: a data folder).
 
