@@ -76,10 +76,11 @@ bench-quantize: $(STAMP) ## INT8/sparsity on every CPU engine vs ultralytics' ow
 	$(BIN)/python -m pip install --quiet -c images/constraints.txt -e '.[bench]'
 	$(BIN)/python benchmarks/quantize_bench.py --out $(RUNS)/bench-quantize
 
-bench: $(STAMP) ## the full comparison (issue 8): every variant x engine at 640/320, 1/2 threads, mAP, floor, plot -> docs/benchmarks.md (resumable; ~45 min after bench-sparsify)
+bench: $(STAMP) ## the full comparison (issue 8): every variant x engine at 640/320, 1/2 threads, mAP, floor, plot -> docs/benchmarks.md, then the serving load test (resumable; ~45 min after bench-sparsify)
 	@$(BIN)/python -c "import nncf" 2>/dev/null || $(BIN)/python -m pip install --quiet -c images/constraints.txt -e '.[bench]'
 	@test -f $(RUNS)/bench-sparsify/pruned75/result.json || $(MAKE) bench-sparsify
 	$(BIN)/python benchmarks/bench.py --out $(RUNS)/bench --sparsify $(RUNS)/bench-sparsify $(BENCH_ARGS)
+	$(MAKE) bench-serve
 
 bench-serve: $(STAMP) ## load test of sparsepipe serve on loopback: N clients below/above the queue bound, p50/p99, 503s (SERVE_BENCH_ARGS=...)
 	$(BIN)/python benchmarks/load_test.py $(SERVE_BENCH_ARGS)
