@@ -156,15 +156,9 @@ def check_model(path: Path) -> Any:
     DeepSparse reads only the default ONNX domain at opset <= 17: extra opset imports (what
     onnxruntime's ``quant_pre_process`` stamps, or ``com.microsoft`` contrib ops) are refused.
     """
-    import onnx
+    from sparsepipe.export import read_onnx
 
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError and friends
-        raise ModelError(
-            f"Cannot read '{path}' as ONNX: {exc}. Pass a model.onnx written by `sparsepipe export` or "
-            f"`sparsepipe quantize`."
-        ) from None
+    model = read_onnx(path)
     extra = sorted(f"{o.domain} {o.version}" for o in model.opset_import if o.domain not in ("", "ai.onnx"))
     default = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
     problems = []

@@ -41,11 +41,22 @@ class ExportConfig:
             raise ConfigError(f"opset={self.opset!r} must be between 13 and 21 (17 is a safe default).")
 
 
-def onnx_metadata(path: str | Path) -> dict[str, str]:
-    """The metadata_props of an ONNX file (ultralytics writes names, stride, imgsz, task...)."""
+def read_onnx(path: str | Path) -> Any:
+    """Load an ONNX file (without external data), or raise a ModelError that names it."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError, OSError and friends
+        raise ModelError(
+            f"Cannot read '{path}' as ONNX ({type(exc).__name__}: {exc}). Pass a model.onnx written by "
+            f"`sparsepipe export` or `sparsepipe quantize`."
+        ) from None
+
+
+def onnx_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata_props of an ONNX file (ultralytics writes names, stride, imgsz, task...)."""
+    model = read_onnx(path)
     return {p.key: p.value for p in model.metadata_props}
 
 
@@ -53,9 +64,7 @@ def onnx_param_count(path: str | Path) -> int:
     """Number of weight elements stored in an ONNX file's initializers."""
     import math
 
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
+    model = read_onnx(path)
     return int(sum(math.prod(init.dims) for init in model.graph.initializer))
 
 

@@ -111,15 +111,9 @@ class ModelInfo:
 
     @classmethod
     def read(cls, path: Path) -> ModelInfo:
-        import onnx
+        from sparsepipe.export import read_onnx
 
-        try:
-            model = onnx.load(str(path), load_external_data=False)
-        except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError and friends
-            raise ModelError(
-                f"'{path}' is not a readable ONNX file ({type(exc).__name__}: {exc}); give the model.onnx "
-                f"written by `sparsepipe export` or `sparsepipe quantize`."
-            ) from None
+        model = read_onnx(path)
         meta = {p.key: p.value for p in model.metadata_props}
         initializers = {i.name for i in model.graph.initializer}
         inputs = [i for i in model.graph.input if i.name not in initializers]
