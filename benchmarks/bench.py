@@ -159,7 +159,7 @@ def accuracy(out: Path, data: str, data_yaml: str, files: dict[tuple[str, int], 
 
 def time_cells(args: argparse.Namespace, files: dict[tuple[str, int], Path], maps: dict[tuple[str, int], float],
                engines: list[str]) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
-    from sparsepipe.benchmark import RUNNERS, BenchmarkConfig, _measure, latency_stats, onnx_macs
+    from sparsepipe.benchmark import BenchmarkConfig, latency_stats, onnx_macs, time_interleaved
     from sparsepipe.hardware import measure_peak
     from sparsepipe.sizes import file_sizes
 
@@ -175,26 +175,14 @@ def time_cells(args: argparse.Namespace, files: dict[tuple[str, int], Path], map
     for size in args.sizes:
         for threads in args.threads:
             config = BenchmarkConfig(threads=threads, iterations=args.iterations, rounds=args.rounds, warmup=args.warmup)
-            pairs, runners = [], []
-            for (variant, vsize), path in files.items():
-                if vsize != size:
-                    continue
-                for engine in engines:
-                    if path.suffix == ".xml" and engine != "openvino":
-                        continue  # an OpenVINO IR only runs on OpenVINO
-                    try:
-                        runners.append(RUNNERS[engine](path, config))
-                        pairs.append((variant, engine))
-                    except Exception as exc:  # noqa: BLE001 - an engine refusing a file is a result too
-                        print(f"skip {variant} on {engine} at {size}: {str(exc)[:300]}", flush=True)
-            print(f"timing {len(runners)} runners at {size} px, {threads} thread(s), interleaved", flush=True)
-            try:
-                latencies = _measure(runners, config)
-            finally:
-                for runner in runners:
-                    getattr(runner, "close", lambda: None)()
+            candidates = [((variant, engine), engine, path) for (variant, vsize), path in files.items()
+                          if vsize == size for engine in engines
+                          # an OpenVINO IR only runs on OpenVINO
+                          if path.suffix != ".xml" or engine == "openvino"]
+            print(f"timing {len(candidates)} (variant, engine) candidates at {size} px, {threads} thread(s), interleaved", flush=True)
+            timed = time_interleaved(candidates, config, label=f" at {size} px")
             floor_scale = 2.0 * 1000.0 / peaks[threads]["int8_ops_s"]
-            for (variant, engine), lat in zip(pairs, latencies):
+            for (variant, engine), lat in timed.items():
                 stats = latency_stats(lat, 1)
                 path = files[(variant, size)]
                 floor_ms = macs[(variant, size)] * floor_scale

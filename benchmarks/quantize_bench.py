@@ -104,7 +104,7 @@ def main() -> None:
 
     from ultralytics import YOLO
 
-    from sparsepipe.benchmark import RUNNERS, BenchmarkConfig, _available_engines, _measure, latency_stats
+    from sparsepipe.benchmark import BenchmarkConfig, _available_engines, latency_stats, time_interleaved
     from sparsepipe.data import resolve_data
     from sparsepipe.evaluate import EvaluateConfig, evaluate
     from sparsepipe.export import ExportConfig, export_onnx
@@ -195,24 +195,12 @@ def main() -> None:
     for size in sizes:
         for nthreads in threads:
             config = BenchmarkConfig(threads=nthreads, iterations=args.iterations, rounds=args.rounds, warmup=5)
-            pairs, runners = [], []
-            for (variant, vsize), path in files.items():
-                if vsize != size:
-                    continue
-                for engine in engines:
-                    if (path.suffix == ".xml" or variant.endswith("-qatlayout")) and engine != "openvino":
-                        continue  # an OpenVINO IR only runs on OpenVINO; the qat layout is OpenVINO's file
-                    try:
-                        runners.append(RUNNERS[engine](path, config))
-                        pairs.append((variant, engine))
-                    except Exception as exc:  # noqa: BLE001 - an engine refusing a file is a result too
-                        print(f"skip {variant} on {engine} at {size}: {exc}", flush=True)
-            try:
-                latencies = _measure(runners, config)
-            finally:
-                for runner in runners:
-                    getattr(runner, "close", lambda: None)()
-            stats = {pair: latency_stats(lat, 1) for pair, lat in zip(pairs, latencies)}
+            # an OpenVINO IR only runs on OpenVINO; the qat layout is OpenVINO's file
+            candidates = [((variant, engine), engine, path) for (variant, vsize), path in files.items()
+                          if vsize == size for engine in engines
+                          if engine == "openvino" or not (path.suffix == ".xml" or variant.endswith("-qatlayout"))]
+            timed = time_interleaved(candidates, config, label=f" at {size} px")
+            stats = {pair: latency_stats(lat, 1) for pair, lat in timed.items()}
             ref = stats[("fp32", "onnxruntime")]["latency_ms_p50"]
             ov_ref = stats.get(("ultralytics-openvino-int8", "openvino"), {}).get("latency_ms_p50")
             for (variant, engine), s in stats.items():

@@ -59,6 +59,20 @@ def test_benchmark_with_interleaved_baseline(trained, tmp_path, capsys):
     assert "speedup_vs_baseline" in capsys.readouterr().out
 
 
+def test_time_interleaved_skips_a_refused_file_and_times_the_rest(trained, tmp_path, capsys):
+    from sparsepipe.benchmark import time_interleaved
+
+    onnx_file = trained.export_dir / "model.onnx"
+    broken = tmp_path / "broken.onnx"
+    broken.write_text("not an onnx model")
+    config = BenchmarkConfig(threads=1, warmup=1, iterations=6, rounds=2)
+    timed = time_interleaved([("ort", "onnxruntime", onnx_file), ("bad", "onnxruntime", broken),
+                              ("ov", "openvino", onnx_file)], config, label=" in test")
+    assert list(timed) == ["ort", "ov"]
+    assert all(len(lat) == 6 and min(lat) > 0 for lat in timed.values())
+    assert "skip bad on onnxruntime in test" in capsys.readouterr().out
+
+
 def test_duration_mode_runs_for_the_budget(trained, tmp_path):
     result = benchmark(str(trained.export_dir), tmp_path / "d", BenchmarkConfig(warmup=1, duration_s=0.5))
     assert result.metrics["iterations"] >= 3

@@ -332,6 +332,28 @@ def _measure(runners: list[Any], config: BenchmarkConfig) -> list[list[float]]:
     return latencies
 
 
+def time_interleaved(candidates: list[tuple[Any, str, Path]], config: BenchmarkConfig,
+                     label: str = "") -> dict[Any, list[float]]:
+    """Latencies (ms) of every ``(key, engine, path)`` candidate, all timed in the same interleaved rounds.
+
+    An engine that refuses a file is a result too: that candidate is left out with a printed
+    reason (``label`` says where). Runners are closed afterwards even when timing fails.
+    """
+    keys, runners = [], []
+    for key, engine, path in candidates:
+        try:
+            runners.append(RUNNERS[engine](path, config))
+            keys.append(key)
+        except Exception as exc:  # noqa: BLE001 - reported and skipped, see docstring
+            print(f"skip {key} on {engine}{label}: {str(exc)[:300]}", flush=True)
+    try:
+        latencies = _measure(runners, config)
+    finally:
+        for runner in runners:
+            getattr(runner, "close", lambda: None)()
+    return dict(zip(keys, latencies))
+
+
 def _onnx_path(model: str) -> tuple[Path, str]:
     from sparsepipe.models import resolve_model_path
     from sparsepipe.results import inherited_variant, produced_file
