@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.sparsepipe-installed
 RUNS   ?= runs
 
 MODEL  ?= yolov8n.yaml
-DATA   ?= synthetic:train=128,val=32,size=320,seed=0
+DATA   ?= synthetic:preset=demo
 EPOCHS ?= 30
 IMGSZ  ?= 160
 THREADS ?= 2

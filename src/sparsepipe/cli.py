@@ -164,9 +164,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from sparsepipe.evaluate import EvaluateConfig, evaluate
 
     config = EvaluateConfig(imgsz=args.imgsz, batch=args.batch, split=args.split, device=args.device,
-                            plots=args.plots, variant=args.variant)
+                            plots=args.plots, variant=args.variant, bootstrap=args.bootstrap)
     with _tracker(args, "evaluate") as tracker:
-        result = evaluate(args.model, args.data, args.out, config, tracker)
+        result = evaluate(args.model, args.data, args.out, config, tracker, baseline=args.baseline)
     return _finish(result)
 
 
@@ -210,11 +210,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from sparsepipe.demo import DemoConfig, run_demo
 
-    config = DemoConfig(model=args.model, data=args.data, epochs=args.epochs, imgsz=args.imgsz,
-                        iterations=args.iterations, threads=args.threads, recipe=args.recipe,
+    config = DemoConfig(model=args.model, data=args.data, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
+                        nbs=args.nbs, iterations=args.iterations, threads=args.threads, recipe=args.recipe,
                         recipe_args=args.recipe_args)
     result = run_demo(args.out, config, experiment=args.experiment, track=not args.no_track)
     print(result.extra["table"])
+    for row in result.extra.get("predict_sample", []):
+        print(f"predict {row['image']}: {row['objects']} objects found ({row['labelled']} labelled) "
+              f"{', '.join(row['classes'])}")
     return 0
 
 
@@ -351,6 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", help="val or test")
     p.add_argument("--device", default="cpu", help="cpu or a CUDA index")
     p.add_argument("--plots", action="store_true", help="write PR curves and confusion matrix")
+    p.add_argument("--bootstrap", type=int, default=1000,
+                   help="resamples of the val images for the 95%% interval of mAP50-95 (0 = none)")
+    p.add_argument("--baseline", default=None,
+                   help="evaluate --out folder of the reference model (same data): adds the paired ratio "
+                        "map50_95_ratio with its 95%% interval")
     _variant_arg(p)
     _trust_arg(p)
     _out_arg(p, "runs/evaluate")
@@ -390,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=defaults.data, help=DATA_HELP)
     p.add_argument("--epochs", type=int, default=defaults.epochs, help="baseline training epochs")
     p.add_argument("--imgsz", type=int, default=defaults.imgsz, help="image size for training, export and benchmark")
+    p.add_argument("--batch", type=int, default=defaults.batch, help="training batch")
+    p.add_argument("--nbs", type=int, default=defaults.nbs, help="ultralytics' nominal batch size (= batch: a step per batch)")
     p.add_argument("--iterations", type=int, default=defaults.iterations, help="benchmark iterations")
     p.add_argument("--threads", type=int, default=defaults.threads, help="benchmark threads")
     p.add_argument("--recipe", default=defaults.recipe, help="pruning recipe of the second variant ('' skips it)")

@@ -5,7 +5,9 @@
 SOURCE (accepted by every step that takes data) is one of
 
 * ``synthetic`` or ``synthetic:train=64,val=16,seed=0,size=160,classes=6,task=detect,objects=8``
-  (the built-in generator, :mod:`sparsepipe.synthetic`);
+  (the built-in generator, :mod:`sparsepipe.synthetic`), or a named preset with overrides:
+  ``synthetic:preset=demo`` / ``synthetic:preset=bench,val=1024`` (also ``min_radius``,
+  ``max_radius``, ``clutter``, ``camouflage``);
 * a local folder holding a data YAML, the ``--out`` folder of an earlier ``sparsepipe data``
   step, a local data YAML file, or a local ``.zip``/``.tar.gz``/``.tgz`` archive;
 * an ``http(s)://`` URL of a ``.zip``/``.tar.gz``/``.tgz`` archive holding a data YAML;
@@ -41,7 +43,7 @@ from typing import Any
 
 from sparsepipe.errors import ConfigError, DataError, SparsepipeError
 from sparsepipe.results import RESULT_FILE, StepResult, atomic_write_text, read_result
-from sparsepipe.synthetic import GENERATOR_VERSION, SyntheticConfig, generate_dataset
+from sparsepipe.synthetic import GENERATOR_VERSION, PRESETS, SyntheticConfig, generate_dataset
 
 CACHE_ENV = "SPARSEPIPE_CACHE"
 DATA_YAML = "data.yaml"
@@ -62,10 +64,17 @@ SYNTHETIC_KEYS = {
     "classes": "num_classes",
     "task": "task",
     "objects": "max_objects",
+    "min_radius": "min_radius",
+    "max_radius": "max_radius",
+    "clutter": "clutter",
+    "camouflage": "camouflage",
 }
+#: Keys of ``synthetic:`` whose values are fractions, not integers.
+SYNTHETIC_FLOAT_KEYS = frozenset({"min_radius", "max_radius", "camouflage"})
 SOURCE_FORMS = (
-    "SOURCE must be one of: 'synthetic' or 'synthetic:train=N,val=N,seed=N,size=PX,classes=N,"
-    "task=detect|segment,objects=N' (generated); a local folder holding a data YAML or the --out "
+    "SOURCE must be one of: 'synthetic' or 'synthetic:preset=demo|bench,train=N,val=N,seed=N,"
+    "size=PX,classes=N,task=detect|segment,objects=N,min_radius=F,max_radius=F,clutter=N,"
+    "camouflage=F' (generated); a local folder holding a data YAML or the --out "
     "folder of an earlier 'sparsepipe data' step; a local data YAML file; a local or http(s):// "
     ".zip/.tar.gz/.tgz archive holding a data YAML; or an s3://bucket/prefix holding one."
 )
@@ -160,33 +169,49 @@ class Source:
 
 
 def parse_synthetic(spec: str) -> SyntheticConfig:
-    """``synthetic`` or ``synthetic:train=64,val=16,...`` -> SyntheticConfig."""
+    """``synthetic`` or ``synthetic:preset=bench,train=64,...`` -> SyntheticConfig.
+
+    ``preset=NAME`` (see :data:`sparsepipe.synthetic.PRESETS`) sets the starting values wherever
+    it is written; every other key overrides one field of it.
+    """
     _, _, rest = spec.partition(":")
     kwargs: dict[str, Any] = {}
+    preset: dict[str, Any] = {}
     for item in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, value = item.partition("=")
         key, value = key.strip(), value.strip()
         if key == "max_objects":
             key = "objects"
-        if key not in SYNTHETIC_KEYS:
+        if key != "preset" and key not in SYNTHETIC_KEYS:
             raise DataError(
-                f"Unknown key {key!r} in SOURCE {spec!r}. Known keys: {', '.join(SYNTHETIC_KEYS)} "
-                f"(e.g. synthetic:train=64,val=16,seed=0,size=160,classes=6,task=detect)."
+                f"Unknown key {key!r} in SOURCE {spec!r}. Known keys: preset, {', '.join(SYNTHETIC_KEYS)} "
+                f"(e.g. synthetic:preset=demo or synthetic:train=64,val=16,seed=0,size=160,classes=6)."
             )
         if not eq or not value:
             raise DataError(f"Key {key!r} in SOURCE {spec!r} has no value: write {key}=VALUE.")
+        if key == "preset":
+            if value not in PRESETS:
+                raise DataError(
+                    f"preset={value!r} in SOURCE {spec!r} is not a known preset: use one of "
+                    f"{', '.join(PRESETS)} (e.g. synthetic:preset=demo)."
+                )
+            preset = dict(PRESETS[value])
+            continue
         field = SYNTHETIC_KEYS[key]
         if field == "task":
             kwargs[field] = value
             continue
+        number = float if key in SYNTHETIC_FLOAT_KEYS else int
         try:
-            kwargs[field] = int(value)
+            kwargs[field] = number(value)
         except ValueError:
+            example = "0.1" if number is float else "16"
             raise DataError(
-                f"{key}={value!r} in SOURCE {spec!r} is not an integer: write e.g. {key}=16."
+                f"{key}={value!r} in SOURCE {spec!r} is not a{'' if number is int else ' decimal'} "
+                f"number: write e.g. {key}={example}."
             ) from None
     try:
-        return SyntheticConfig(**kwargs)
+        return SyntheticConfig(**{**preset, **kwargs})
     except ConfigError as exc:
         raise DataError(f"In SOURCE {spec!r}: {exc}") from None
 

@@ -2,9 +2,12 @@
 
     sparsepipe demo --out runs/demo
 
-generate data -> train a baseline -> prune it with a recipe (``pruned50``) -> quantize the
-pruned model (PTQ, ``pruned50-int8``) -> export / evaluate each ONNX -> benchmark each on
-onnxruntime (every variant interleaved with the baseline in one run) -> report. MLflow gets one
+generate data (``synthetic:preset=demo``: 3 shapes, large objects, no clutter, so that YOLOv8n
+learns it in a couple of minutes on 2 cores) -> train a baseline -> prune it with a recipe
+(``pruned50``) -> quantize the pruned model (PTQ, ``pruned50-int8``) -> export / evaluate each
+ONNX (mAP with its 95 % interval; variants also with their paired ratio to the baseline) ->
+benchmark each on onnxruntime (every variant interleaved with the baseline in one run) -> report
+-> predict the first validation images with the baseline ONNX (objects found, in the report). MLflow gets one
 parent run for the demo and one child run per variant (``baseline``, ``pruned50``,
 ``pruned50-int8``) holding that variant's params, curves, metrics and ONNX file; the parent holds
 the data YAML and the report.
@@ -25,10 +28,12 @@ class DemoConfig:
     """Defaults sized to finish in a few minutes on 2 CPU cores."""
 
     model: str = "yolov8n.yaml"  # ultralytics config trained from scratch (no downloads)
-    data: str = "synthetic:train=128,val=32,size=320,seed=0"  # generated shapes dataset
-    epochs: int = 30  # ~75 s at imgsz 160 on 2 cores; mAP is still rising at 30
+    data: str = "synthetic:preset=demo"  # generated shapes: 256 train / 128 val images, 3 classes
+    epochs: int = 30  # see docs/benchmarks.md "make demo" for the measured curve and time
     imgsz: int = 160  # train, export and benchmark size (pixels)
-    batch: int = 16  # training batch
+    batch: int = 8  # training batch
+    nbs: int = 8  # ultralytics' nominal batch: = batch, so every batch is an optimizer step (64 would
+    #               accumulate 8 batches: 4 steps an epoch on 256 images)
     iterations: int = 200  # timed benchmark iterations
     threads: int = 2  # benchmark intra-op threads (all cores of a 2-core laptop/CI)
     recipe: str = "recipes/yolov8n-pruned50.yaml"  # pruning recipe for the second variant ("" = skip)
@@ -40,6 +45,8 @@ class DemoConfig:
             raise ConfigError(f"epochs={self.epochs} must be at least 1.")
         if self.imgsz % 32:
             raise ConfigError(f"imgsz={self.imgsz} must be a multiple of 32.")
+        if self.nbs < 1:
+            raise ConfigError(f"nbs={self.nbs} must be a positive number of images (e.g. the batch size).")
 
 
 def run_demo(out: str | Path, config: DemoConfig | None = None, experiment: str = "sparsepipe", track: bool = True) -> StepResult:
@@ -69,7 +76,8 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, experiment: str 
         with parent.start_child("baseline", tags={"sparsepipe.variant": "baseline"}) as child:
             trained = train(
                 config.model, str(out / "data"), out / "train",
-                TrainConfig(epochs=config.epochs, imgsz=config.imgsz, batch=config.batch, variant="baseline"),
+                TrainConfig(epochs=config.epochs, imgsz=config.imgsz, batch=config.batch, variant="baseline",
+                            extra={"nbs": config.nbs}),
                 child,
             )
             exported = export_onnx(str(out / "train"), out / "export", ExportConfig(imgsz=config.imgsz), child)
@@ -84,12 +92,12 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, experiment: str 
             with parent.start_child(variant, tags={"sparsepipe.variant": variant}) as child:
                 pruned = sparsify(
                     str(out / "train"), str(out / "data"), config.recipe, out / variant,
-                    SparsifyConfig(imgsz=config.imgsz, batch=config.batch, variant=variant),
+                    SparsifyConfig(imgsz=config.imgsz, batch=config.batch, variant=variant, extra={"nbs": config.nbs}),
                     recipe_args=config.recipe_args, tracker=child,
                 )
                 pruned_onnx = export_onnx(str(out / variant), out / f"{variant}-export", ExportConfig(imgsz=config.imgsz), child)
                 pruned_eval = evaluate(str(out / f"{variant}-export"), str(out / "data"), out / f"{variant}-evaluate",
-                                       EvaluateConfig(), child)
+                                       EvaluateConfig(), child, baseline=str(out / "evaluate"))
                 pruned_timed = benchmark(
                     str(out / f"{variant}-export"), out / f"{variant}-benchmark",
                     BenchmarkConfig(threads=config.threads, iterations=config.iterations),
@@ -109,5 +117,23 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, experiment: str 
                     )
                 steps += [quantized, int8_timed]
         result = report([s.out_dir for s in steps], out / "report", ReportConfig(baseline="baseline"), parent)
-        parent.log_metrics({"demo_seconds": round(time.perf_counter() - started, 1)})
+        found = predict_sample(out / "export", out / "data")
+        result.extra["predict_sample"] = found
+        parent.log_metrics({"demo_seconds": round(time.perf_counter() - started, 1),
+                            "demo_predict_objects": float(sum(f["objects"] for f in found))})
     return result
+
+
+def predict_sample(export_dir: Path, data_dir: Path, images: int = 4) -> list[dict]:
+    """What ``sparsepipe predict`` finds (default confidence) in the first validation images."""
+    from sparsepipe.predict import Predictor
+
+    files = sorted((data_dir / "images" / "val").glob("*.jpg"))[:images]
+    predictor = Predictor(export_dir)
+    try:
+        predictions = predictor.predict([str(f) for f in files])
+    finally:
+        predictor.close()
+    labels = [len((data_dir / "labels" / "val" / f"{f.stem}.txt").read_text().splitlines()) for f in files]
+    return [{"image": f.name, "objects": len(p.detections), "labelled": n,
+             "classes": sorted({d.label for d in p.detections})} for f, p, n in zip(files, predictions, labels)]

@@ -1,9 +1,15 @@
-"""Measure accuracy (mAP50, mAP50-95, per class) of a .pt or .onnx model on the val split.
+"""Measure accuracy (mAP50, mAP50-95 with its 95 % interval, per class) of a .pt or .onnx model.
 
     sparsepipe evaluate --model runs/export --data synthetic --out runs/evaluate
+    sparsepipe evaluate --model runs/pruned-export --data synthetic --baseline runs/evaluate --out runs/pruned-eval
 
 ONNX files are evaluated through the exported file itself (ultralytics runs them with
 onnxruntime), so the number describes what will be deployed, not the torch model it came from.
+``map50``/``map50_95`` are ultralytics' own figures. The step also predicts every validation
+image once more, matches the boxes to the labels and keeps them in ``per_image.npz``: from those
+it adds a bootstrap 95 % interval (``map50_95_ci_low``/``_high``, :mod:`sparsepipe.bootstrap`),
+and with ``--baseline`` (the evaluate folder of the reference model, same data) the paired ratio
+``map50_95_ratio`` with its interval.
 """
 
 from __future__ import annotations
@@ -29,8 +35,16 @@ class EvaluateConfig:
     device: str = "cpu"  # "cpu" or a CUDA index
     plots: bool = False  # write PR curves and confusion matrices into --out
     variant: str = ""  # variant name; default: the producing step's variant
+    bootstrap: int = 1000  # resamples of the val images for the 95 % intervals; 0 = no intervals
+    bootstrap_seed: int = 0  # RNG seed of the resampling (same seed -> same interval)
 
     def __post_init__(self) -> None:
+        if isinstance(self.bootstrap, bool) or not isinstance(self.bootstrap, int) or \
+                not (self.bootstrap == 0 or 10 <= self.bootstrap <= 100_000):  # fmt: skip
+            raise ConfigError(
+                f"bootstrap={self.bootstrap!r}: use 0 (no interval) or a number of resamples in "
+                f"[10, 100000], e.g. --bootstrap 1000."
+            )
         if self.imgsz is not None and (self.imgsz < 32 or self.imgsz % 32):
             raise ConfigError(f"imgsz={self.imgsz!r} must be a multiple of 32.")
         if self.split not in ("val", "test"):
@@ -60,8 +74,86 @@ def per_class_table(metrics: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def evaluate(model: str, data: str, out: str | Path, config: EvaluateConfig | None = None, tracker: Any = None) -> StepResult:
-    """Validate ``model`` on ``data`` and write metrics + per-class table to ``--out``."""
+def val_images(data_yaml: str | Path, split: str) -> tuple[list[Path], dict[int, str]]:
+    """The image files of ``split`` (sorted) and the class names of a data YAML."""
+    from ultralytics.data.utils import check_det_dataset
+
+    from sparsepipe.data import IMAGE_SUFFIXES
+
+    info = check_det_dataset(str(data_yaml))
+    entries = info.get(split) or []
+    images: list[Path] = []
+    for entry in entries if isinstance(entries, list) else [entries]:
+        entry = Path(entry)
+        if entry.is_dir():
+            images += [p for p in entry.rglob("*") if p.suffix.lower().lstrip(".") in IMAGE_SUFFIXES]
+        elif entry.suffix == ".txt":
+            base = entry.parent
+            for line in entry.read_text().splitlines():
+                if line.strip():
+                    p = Path(line.strip())
+                    images.append(p if p.is_absolute() else (base / p).resolve())
+    names = info["names"]
+    return sorted(images), {int(k): str(v) for k, v in (names.items() if isinstance(names, dict) else enumerate(names))}
+
+
+def _labels(image: Path, width: int, height: int) -> tuple[Any, Any]:
+    """Ground-truth (xyxy pixel boxes, classes) of an image, from its YOLO label file."""
+    import numpy as np
+
+    parts = list(image.parts)
+    where = len(parts) - 1 - parts[::-1].index("images")
+    label = Path(*parts[:where], "labels", *parts[where + 1:]).with_suffix(".txt")
+    rows = [line.split() for line in label.read_text().splitlines() if line.strip()] if label.is_file() else []
+    if not rows:
+        return np.zeros((0, 4)), np.zeros(0, int)
+    cls = np.array([int(float(r[0])) for r in rows])
+    boxes = []
+    for r in rows:
+        values = np.array([float(v) for v in r[1:]])
+        if len(values) == 4:  # detection: cx cy w h
+            cx, cy, w, h = values
+            boxes.append([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+        else:  # segmentation polygon: its bounding box, as ultralytics derives it
+            xs, ys = values[0::2], values[1::2]
+            boxes.append([xs.min(), ys.min(), xs.max(), ys.max()])
+    return np.array(boxes) * np.array([width, height, width, height]), cls
+
+
+def detection_records(yolo: Any, data_yaml: str | Path, config: "EvaluateConfig", imgsz: int) -> Any:
+    """Predict every image of the split once and match the boxes to its labels."""
+    from sparsepipe.bootstrap import build_records
+    from sparsepipe.synthetic import progress_bar
+
+    images, names = val_images(data_yaml, config.split)
+    bar = progress_bar(total=len(images), desc="per-image matching", unit="img")
+
+    def rows():
+        for start in range(0, len(images), 32):
+            chunk = images[start:start + 32]
+            results = yolo.predict(source=[str(p) for p in chunk], imgsz=imgsz, conf=config.conf, iou=config.iou,
+                                   device=config.device, max_det=300, verbose=False, stream=True)  # fmt: skip
+            for image, r in zip(chunk, results):
+                height, width = r.orig_shape
+                gt_boxes, gt_cls = _labels(image, width, height)
+                boxes = r.boxes
+                bar.update(1)
+                yield (image.name, boxes.xyxy.cpu().numpy(), boxes.conf.cpu().numpy(),
+                       boxes.cls.cpu().numpy().astype(int), gt_boxes, gt_cls)  # fmt: skip
+
+    try:
+        return build_records(rows(), max(len(names), 1))
+    finally:
+        bar.close()
+
+
+def evaluate(model: str, data: str, out: str | Path, config: EvaluateConfig | None = None, tracker: Any = None,
+             baseline: str | Path | None = None) -> StepResult:
+    """Validate ``model`` on ``data`` and write metrics + per-class table to ``--out``.
+
+    ``baseline``: the evaluate out folder of the reference model on the same data; adds the
+    paired ratio of mAP50-95 (variant / baseline) with its bootstrap interval.
+    """
     from sparsepipe.data import resolve_data
     from sparsepipe.models import load_yolo, resolve_model_path
     from sparsepipe.tracking import Tracker
@@ -106,16 +198,58 @@ def evaluate(model: str, data: str, out: str | Path, config: EvaluateConfig | No
         values["val_inference_ms"] = round(float(speed["inference"]), 3)
     classes = per_class_table(metrics)
     table = atomic_write_text(out / "per_class.json", json.dumps(classes, indent=2) + "\n")
+    files = {"per_class": str(table), "model": str(path)}
+    extra: dict[str, Any] = {"per_class": classes, "format": path.suffix.lstrip(".")}
+    if config.bootstrap:
+        values.update(error_bars(yolo, data_yaml, config, imgsz, out, files, extra, baseline))
     result = StepResult(
         step="evaluate",
         out_dir=str(out),
         variant=variant or "baseline",
-        files={"per_class": str(table), "model": str(path)},
+        files=files,
         metrics=values,
-        config={"model": str(model), "data": data, **dataclasses.asdict(config), "imgsz": imgsz},
-        extra={"per_class": classes, "format": path.suffix.lstrip(".")},
+        config={"model": str(model), "data": data, **dataclasses.asdict(config), "imgsz": imgsz,
+                "baseline": str(baseline) if baseline else None},
+        extra=extra,
     )
     tracker.log_metrics(values)
     tracker.log_artifact(str(table), "evaluate")
     result.write()
     return result
+
+
+def baseline_records_path(baseline: str | Path) -> Path:
+    """The ``per_image.npz`` of an evaluate out folder (or the file itself), with a clear error."""
+    from sparsepipe.errors import SparsepipeError
+    from sparsepipe.results import read_result
+
+    location = Path(baseline)
+    if location.is_file() and location.suffix == ".npz":
+        return location
+    found = produced_file(location, ("per_image",))
+    if found is None or not found.is_file():
+        step = read_result(location).step if (location / "result.json").is_file() else "no step"
+        raise SparsepipeError(
+            f"--baseline {baseline} holds no per_image.npz ({step}): point it at the --out folder "
+            f"of `sparsepipe evaluate` run on the baseline model with the same --data (and without "
+            f"--bootstrap 0)."
+        )
+    return found
+
+
+def error_bars(yolo: Any, data_yaml: Any, config: EvaluateConfig, imgsz: int, out: Path, files: dict[str, str],
+               extra: dict[str, Any], baseline: str | Path | None) -> dict[str, float]:
+    """Per-image records -> ``map50_95_ci_*`` (and the paired ratio against ``baseline``)."""
+    from sparsepipe.bootstrap import DetectionRecords, map_interval, paired_ratio_interval
+
+    records = detection_records(yolo, data_yaml, config, imgsz)
+    files["per_image"] = str(records.save(out / "per_image.npz"))
+    interval = map_interval(records, config.bootstrap, config.bootstrap_seed)
+    values = {"map50_95_ci_low": round(interval.low, 5), "map50_95_ci_high": round(interval.high, 5)}
+    extra["bootstrap"] = {"resamples": config.bootstrap, "seed": config.bootstrap_seed, "level": interval.level,
+                          "images": len(records.names), "map50_95_recomputed": round(interval.value, 5)}
+    if baseline:
+        ratio = paired_ratio_interval(records, DetectionRecords.load(baseline_records_path(baseline)),
+                                      config.bootstrap, config.bootstrap_seed)  # fmt: skip
+        values.update(ratio.as_metrics("map50_95_ratio"))
+    return values

@@ -574,8 +574,11 @@ def quantize(model: str, data: str, out: str | Path, config: QuantizeConfig | No
         from sparsepipe.evaluate import EvaluateConfig, evaluate
 
         ev = evaluate(str(target), data, out / "evaluate", EvaluateConfig(imgsz=imgsz, variant=variant))
-        metrics.update({k: ev.metrics[k] for k in ("map50", "map50_95") if k in ev.metrics})
+        metrics.update({k: ev.metrics[k] for k in ("map50", "map50_95", "map50_95_ci_low", "map50_95_ci_high")
+                        if k in ev.metrics})
         files["per_class"] = str(ev.path("per_class"))
+        if "per_image" in ev.files:
+            files["per_image"] = str(ev.path("per_image"))
     result = StepResult(
         step="quantize",
         out_dir=str(out),

@@ -48,8 +48,38 @@ def strip_foreign_tracking(callbacks: dict[str, list[Callable]]) -> int:
     return removed
 
 
+#: Environment variable that sets the CPU threads of training (default: every usable core).
+TRAIN_THREADS_ENV = "SPARSEPIPE_TRAIN_THREADS"
+
+
+def training_threads() -> int:
+    """Intra-op threads for CPU training: ``$SPARSEPIPE_TRAIN_THREADS``, else every usable core.
+
+    ultralytics sets ``torch.set_num_threads(cpu_count - 1)`` when it selects the CPU, which on a
+    2-core machine is 1 thread: the second core idles while training (it also loads data in
+    the main process on CPU). Measured here: see docs/benchmarks.md, "Training threads".
+    """
+    import os
+
+    from sparsepipe.errors import ConfigError
+
+    raw = os.environ.get(TRAIN_THREADS_ENV, "").strip()
+    if raw:
+        if not raw.isdigit() or int(raw) < 1:
+            raise ConfigError(f"{TRAIN_THREADS_ENV}={raw!r}: use a positive number of threads, e.g. 2.")
+        return int(raw)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS / Windows
+        return max(1, os.cpu_count() or 1)
+
+
 def trainer_class(task: str) -> type:
-    """A subclass of ultralytics' trainer for ``task`` that leaves tracking to sparsepipe."""
+    """A subclass of ultralytics' trainer for ``task`` that leaves tracking to sparsepipe.
+
+    On the CPU it also trains with :func:`training_threads` threads instead of ultralytics'
+    ``cores - 1``.
+    """
     from ultralytics.models.yolo.detect import DetectionTrainer
     from ultralytics.models.yolo.segment import SegmentationTrainer
 
@@ -65,6 +95,10 @@ def trainer_class(task: str) -> type:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         bases[task].__init__(self, *args, **kwargs)
         strip_foreign_tracking(self.callbacks)
+        if getattr(self.device, "type", "") == "cpu":
+            import torch
+
+            torch.set_num_threads(training_threads())
 
     return type(f"Sparsepipe{bases[task].__name__}", (bases[task],), {"__init__": __init__})
 
