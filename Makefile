@@ -19,7 +19,7 @@ NAME ?=
 DEPLOY_ARGS ?=
 KFP_HOST ?=
 RECIPE ?= recipes/yolov8n-pruned50.yaml
-RECIPE_ARGS ?= num_epochs=10,pruning_start_epoch=0,pruning_end_epoch=6
+RECIPE_ARGS ?= num_epochs=8,pruning_start_epoch=0,pruning_end_epoch=5
 
 .DEFAULT_GOAL := help
 .PHONY: help setup demo test test-slow data baseline sparsify export evaluate benchmark report bench-sparsify bench-quantize bench bench-serve deploy compile pipeline-local submit sweep images push test-images lock deepsparse-env mlflow-ui clean

@@ -132,32 +132,50 @@ def export_files(args: argparse.Namespace, out: Path, data: str, data_yaml: str,
     return files
 
 
-def accuracy(out: Path, data: str, data_yaml: str, files: dict[tuple[str, int], Path]) -> dict[tuple[str, int], float]:
-    from sparsepipe.evaluate import EvaluateConfig, evaluate
+def accuracy(out: Path, data: str, data_yaml: str, files: dict[tuple[str, int], Path]) -> dict[tuple[str, int], dict[str, Any]]:
+    """(variant, size) -> mAP50-95 with its 95 % interval and ``map_kept`` (paired ratio to ``dense``
+    at the same size, same resampled validation images) with its interval."""
+    from sparsepipe.bootstrap import DetectionRecords, paired_ratio_interval
+    from sparsepipe.evaluate import EvaluateConfig, error_bars, evaluate
     from sparsepipe.results import StepResult
 
-    maps: dict[tuple[str, int], float] = {}
+    scores: dict[tuple[str, int], dict[str, Any]] = {}
     for (variant, size), path in files.items():
         target = out / str(size) / f"eval-{variant}"
-        if path.suffix == ".xml":  # an OpenVINO IR: ultralytics validates its folder directly
+        if path.suffix == ".xml":  # an OpenVINO IR: ultralytics validates (and predicts with) its folder directly
 
             def make(path: Path = path, size: int = size, target: Path = target, variant: str = variant) -> StepResult:
                 from ultralytics import YOLO
 
-                m = YOLO(str(path.parent), task="detect").val(data=data_yaml, imgsz=size, batch=1, plots=False,
-                                                              project=str(target), name="ultralytics", exist_ok=True)
-                result = StepResult(step="evaluate", out_dir=str(target), variant=variant,
-                                    metrics={"map50_95": float(m.box.map), "map50": float(m.box.map50)})
+                yolo = YOLO(str(path.parent), task="detect")
+                m = yolo.val(data=data_yaml, imgsz=size, batch=1, plots=False, project=str(target), name="ultralytics",
+                             exist_ok=True)
+                files_: dict[str, str] = {}
+                extra: dict[str, Any] = {}
+                metrics = {"map50_95": float(m.box.map), "map50": float(m.box.map50)}
+                metrics.update(error_bars(yolo, data_yaml, EvaluateConfig(imgsz=size), size, target, files_, extra, None))
+                result = StepResult(step="evaluate", out_dir=str(target), variant=variant, files=files_, metrics=metrics,
+                                    extra=extra)
                 result.write()
                 return result
 
-            maps[(variant, size)] = reuse(target, make).metrics["map50_95"]
+            result = reuse(target, make)
         else:
-            maps[(variant, size)] = reuse(target, lambda: evaluate(str(path), data, target, EvaluateConfig(imgsz=size))).metrics["map50_95"]
-    return maps
+            result = reuse(target, lambda: evaluate(str(path), data, target, EvaluateConfig(imgsz=size)))
+        scores[(variant, size)] = {**result.metrics, "per_image": str(result.path("per_image")) if "per_image" in result.files else None}
+    for (variant, size), score in scores.items():
+        ref = scores.get(("dense", size))
+        if not ref or not ref["per_image"] or not score["per_image"] or ref["map50_95"] <= 0:
+            continue
+        if variant == "dense":
+            score.update(map_kept_ci_low=1.0, map_kept_ci_high=1.0)
+            continue
+        ratio = paired_ratio_interval(DetectionRecords.load(score["per_image"]), DetectionRecords.load(ref["per_image"]))
+        score.update(map_kept_ci_low=ratio.low, map_kept_ci_high=ratio.high, map_kept_recomputed=ratio.value)
+    return scores
 
 
-def time_cells(args: argparse.Namespace, files: dict[tuple[str, int], Path], maps: dict[tuple[str, int], float],
+def time_cells(args: argparse.Namespace, files: dict[tuple[str, int], Path], maps: dict[tuple[str, int], dict[str, Any]],
                engines: list[str]) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
     from sparsepipe.benchmark import BenchmarkConfig, latency_stats, onnx_macs, time_interleaved
     from sparsepipe.hardware import measure_peak
@@ -188,7 +206,10 @@ def time_cells(args: argparse.Namespace, files: dict[tuple[str, int], Path], map
                 floor_ms = macs[(variant, size)] * floor_scale
                 rows.append({
                     "size": size, "threads": threads, "variant": variant, "engine": engine,
-                    "map50_95": maps[(variant, size)], "latency_ms_p50": stats["latency_ms_p50"],
+                    "map50_95": maps[(variant, size)]["map50_95"],
+                    **{k: maps[(variant, size)].get(k) for k in ("map50_95_ci_low", "map50_95_ci_high",
+                                                                  "map_kept_ci_low", "map_kept_ci_high")},
+                    "latency_ms_p50": stats["latency_ms_p50"],
                     "latency_ms_p90": stats["latency_ms_p90"], "latency_ms_mean": stats["latency_ms_mean"],
                     "iterations": stats["iterations"], "gmacs": macs[(variant, size)] / 1e9, "floor_ms": floor_ms,
                     "latency_vs_floor": stats["latency_ms_p50"] / floor_ms,
@@ -288,7 +309,8 @@ def main() -> None:
     files = export_files(args, out, data, data_yaml, models)
     maps = accuracy(out, data, data_yaml, files)
     if args.prepare_only:
-        print(f"prepared {len(files)} files under {out}; mAP50-95: {json.dumps({f'{v}@{s}': m for (v, s), m in maps.items()})}")
+        print(f"prepared {len(files)} files under {out}; mAP50-95: "
+              f"{json.dumps({f'{v}@{s}': m['map50_95'] for (v, s), m in maps.items()})}")
         return
     rows, peaks = time_cells(args, files, maps, engines)
     profiles = profile_best(rows, args)

@@ -51,7 +51,11 @@ def variant_name(recipe: str | Path, qat: bool = False) -> str:
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
-    """Per (size, threads) cell: ``vs_ort_fp32``, ``vs_ul_ov_int8``, ``map_kept`` (in place)."""
+    """Per (size, threads) cell: ``vs_ort_fp32``, ``vs_ul_ov_int8``, ``map_kept`` (in place).
+
+    ``map_kept`` is the point ratio of mAP50-95 to the dense reference; its paired bootstrap
+    interval (``map_kept_ci_low``/``_high``) is filled by bench.py from the evaluate records.
+    """
     cells: dict[tuple[int, int], dict[tuple[str, str], dict[str, Any]]] = {}
     for row in rows:
         cells.setdefault((row["size"], row["threads"]), {})[(row["variant"], row["engine"])] = row
@@ -66,14 +70,22 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
             row["map_kept"] = row["map50_95"] / ref_map if ref_map else None
 
 
+def keeps(row: dict[str, Any]) -> bool:
+    """The row keeps >= TARGET_MAP_KEPT of the reference's mAP50-95: the LOWER bound of its paired
+    95 % interval says so (the dense reference itself keeps by definition). A row without an
+    interval cannot claim it."""
+    if (row["variant"], row["engine"]) == REFERENCE or row["variant"] == REFERENCE[0]:
+        return True
+    low = row.get("map_kept_ci_low")
+    return low is not None and low >= TARGET_MAP_KEPT
+
+
 def best_rows(rows: list[dict[str, Any]]) -> dict[tuple[int, int], dict[str, Any]]:
     """Per (size, threads): the fastest sparsepipe row (ultralytics' exports excluded) that keeps
-    >= TARGET_MAP_KEPT of the dense reference's mAP50-95; None-free cells only."""
+    >= TARGET_MAP_KEPT of the dense reference's mAP50-95 by :func:`keeps`."""
     best: dict[tuple[int, int], dict[str, Any]] = {}
     for row in rows:
-        if row["variant"].startswith("ultralytics-") or row.get("map_kept") is None:
-            continue
-        if row["map_kept"] < TARGET_MAP_KEPT:
+        if row["variant"].startswith("ultralytics-") or not keeps(row):
             continue
         key = (row["size"], row["threads"])
         if key not in best or row["latency_ms_p50"] < best[key]["latency_ms_p50"]:
@@ -108,14 +120,20 @@ def _fmt(value: Any, spec: str, suffix: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{suffix}"
 
 
+def _interval(low: Any, high: Any, spec: str) -> str:
+    return "" if low is None or high is None else f" [{low:{spec}}, {high:{spec}}]"
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| size | threads | variant | engine | mAP50-95 | kept | p50 ms | vs ORT FP32 | vs ultralytics OV INT8 "
-             "| GMAC | INT8 floor ms | p50 / floor | size MB |",
+    lines = ["| size | threads | variant | engine | mAP50-95 [95% CI] | kept [paired 95% CI] | p50 ms | vs ORT FP32 "
+             "| vs ultralytics OV INT8 | GMAC | INT8 floor ms | p50 / floor | size MB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
-            f"| {r['size']} | {r['threads']} | {r['variant']} | {r['engine']} | {r['map50_95']:.4f} | "
-            f"{_fmt(r.get('map_kept'), '.3f')} | {r['latency_ms_p50']:.2f} | {_fmt(r.get('vs_ort_fp32'), '.2f', 'x')} | "
+            f"| {r['size']} | {r['threads']} | {r['variant']} | {r['engine']} | {r['map50_95']:.4f}"
+            f"{_interval(r.get('map50_95_ci_low'), r.get('map50_95_ci_high'), '.3f')} | "
+            f"{_fmt(r.get('map_kept'), '.3f')}{_interval(r.get('map_kept_ci_low'), r.get('map_kept_ci_high'), '.3f')} | "
+            f"{r['latency_ms_p50']:.2f} | {_fmt(r.get('vs_ort_fp32'), '.2f', 'x')} | "
             f"{_fmt(r.get('vs_ul_ov_int8'), '.2f', 'x')} | {_fmt(r.get('gmacs'), '.3f')} | {_fmt(r.get('floor_ms'), '.3f')} | "
             f"{_fmt(r.get('latency_vs_floor'), '.1f', 'x')} | {_fmt(r.get('size_mb'), '.2f')} |")
     return "\n".join(lines)
@@ -123,11 +141,13 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 def summary(rows: list[dict[str, Any]], profiles: dict[str, list[dict[str, Any]]]) -> str:
     """The closing lines: best variant per cell with its verdict, then the top ops of the best ones."""
-    lines = [f"Best sparsepipe variant per cell (fastest with >= {TARGET_MAP_KEPT:.0%} of the dense reference's mAP50-95):", ""]
+    lines = [f"Best sparsepipe variant per cell (fastest whose paired 95 % interval of mAP50-95 / dense has its lower "
+             f"bound >= {TARGET_MAP_KEPT:.2f}):", ""]
     best = best_rows(rows)
     for (size, threads), row in sorted(best.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
         lines.append(f"- {size} px, {threads} thread{'s' if threads > 1 else ''}: **{row['variant']} on {row['engine']}**, "
-                     f"{row['latency_ms_p50']:.2f} ms, mAP kept {row['map_kept']:.3f}, p50 / INT8 floor "
+                     f"{row['latency_ms_p50']:.2f} ms, mAP kept {_fmt(row.get('map_kept'), '.3f')}"
+                     f"{_interval(row.get('map_kept_ci_low'), row.get('map_kept_ci_high'), '.3f')}, p50 / INT8 floor "
                      f"{_fmt(row.get('latency_vs_floor'), '.1f', 'x')}: {verdict(row)}")
     cells = {(r["size"], r["threads"]) for r in rows}
     for (size, threads), row in sorted(fastest_rows(rows).items(), key=lambda kv: (-kv[0][0], kv[0][1])):
@@ -137,7 +157,8 @@ def summary(rows: list[dict[str, Any]], profiles: dict[str, list[dict[str, Any]]
                          f"{_fmt(row.get('vs_ort_fp32'), '.2f', 'x')} vs dense FP32 ORT, "
                          f"{_fmt(row.get('vs_ul_ov_int8'), '.2f', 'x')} vs ultralytics OV INT8)")
     for size, threads in sorted(cells - set(best)):
-        lines.append(f"- {size} px, {threads} threads: no sparsepipe variant kept {TARGET_MAP_KEPT:.0%} of the reference mAP")
+        lines.append(f"- {size} px, {threads} threads: no sparsepipe variant's interval shows it keeps {TARGET_MAP_KEPT:.0%} "
+                     f"of the reference mAP")
     if profiles:
         lines += ["", "What limits it (top ops by time, summed kernel time per run):", ""]
         for name, ops in profiles.items():
@@ -157,6 +178,18 @@ def replace_section(doc: str, section: str, heading: str) -> str:
 
 
 ENGINE_MARKERS = {"onnxruntime": "o", "openvino": "s", "deepsparse": "^"}
+ENGINE_LINES = {"onnxruntime": "-", "openvino": "--", "deepsparse": ":"}
+
+
+def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows no other row beats on both latency (lower) and mAP50-95 (higher), fastest first."""
+    front: list[dict[str, Any]] = []
+    best_map = float("-inf")
+    for row in sorted(rows, key=lambda r: (r["latency_ms_p50"], -r["map50_95"])):
+        if row["map50_95"] > best_map:
+            front.append(row)
+            best_map = row["map50_95"]
+    return front
 
 
 def plot(rows: list[dict[str, Any]], path: Path, threads: int, save: Any = None) -> Path:
@@ -174,11 +207,17 @@ def plot(rows: list[dict[str, Any]], path: Path, threads: int, save: Any = None)
     colors = {v: cmap(i % 20) for i, v in enumerate(variants)}
     fig, axes = plt.subplots(1, len(sizes), figsize=(7 * len(sizes), 5.5), squeeze=False)
     for ax, size in zip(axes[0], sizes):
-        for r in rows:
-            if r["size"] != size or r["threads"] != threads:
-                continue
+        cell = [r for r in rows if r["size"] == size and r["threads"] == threads]
+        for r in cell:
+            if r.get("map50_95_ci_low") is not None:
+                ax.errorbar([r["latency_ms_p50"]], [r["map50_95"]], color=colors[r["variant"]], linewidth=0.8, alpha=0.7,
+                            yerr=[[r["map50_95"] - r["map50_95_ci_low"]], [r["map50_95_ci_high"] - r["map50_95"]]])
             ax.scatter(r["latency_ms_p50"], r["map50_95"], color=colors[r["variant"]],
-                       marker=ENGINE_MARKERS.get(r["engine"], "x"), s=55, edgecolors="black", linewidths=0.4)
+                       marker=ENGINE_MARKERS.get(r["engine"], "x"), s=55, edgecolors="black", linewidths=0.4, zorder=3)
+        for engine in sorted({r["engine"] for r in cell}):
+            front = pareto_front([r for r in cell if r["engine"] == engine])
+            ax.step([r["latency_ms_p50"] for r in front], [r["map50_95"] for r in front], where="post", color="black",
+                    linestyle=ENGINE_LINES.get(engine, "-"), linewidth=0.9, alpha=0.6)
         ref = [r for r in rows if r["size"] == size and r["threads"] == threads and (r["variant"], r["engine"]) == REFERENCE]
         if ref:
             ax.axhline(ref[0]["map50_95"] * TARGET_MAP_KEPT, color="gray", linestyle="--", linewidth=0.8)
@@ -188,13 +227,13 @@ def plot(rows: list[dict[str, Any]], path: Path, threads: int, save: Any = None)
         ax.xaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
         ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.set_xlabel("p50 latency, ms (log scale, batch 1)")
-        ax.set_ylabel("mAP50-95 (val split)")
-        ax.set_title(f"YOLOv8n {size} px, {threads} thread{'s' if threads > 1 else ''} "
-                     f"(dashed: {TARGET_MAP_KEPT:.0%} of dense mAP; dotted: 5x dense ORT FP32)", fontsize=9)
+        ax.set_ylabel("mAP50-95 (val split, 95 % bootstrap interval)")
+        ax.set_title(f"YOLOv8n {size} px, {threads} thread{'s' if threads > 1 else ''}: Pareto front per engine (black "
+                     f"lines); gray dashed: {TARGET_MAP_KEPT:.0%} of dense mAP; dotted: 5x dense ORT FP32", fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
     handles = [plt.Line2D([], [], color=colors[v], marker="o", linestyle="", label=v) for v in variants]
-    handles += [plt.Line2D([], [], color="gray", marker=m, linestyle="", label=e) for e, m in ENGINE_MARKERS.items()
-                if any(r["engine"] == e for r in rows)]
+    handles += [plt.Line2D([], [], color="black", marker=m, linestyle=ENGINE_LINES[e], label=f"{e} (front)")
+                for e, m in ENGINE_MARKERS.items() if any(r["engine"] == e for r in rows)]
     fig.legend(handles=handles, loc="center right", fontsize=8)
     fig.tight_layout(rect=(0, 0, 0.84, 1))
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,141 +1,194 @@
-"""Accuracy and training cost of pruning with the shipped recipes, against plain training.
+"""Converged baseline and pruned variants with error bars: the models `make bench` times.
 
     .venv/bin/python benchmarks/sparsify_bench.py --out runs/bench-sparsify      # or: make bench-sparsify
 
-On the generated dataset (YOLOv8n at 320 px by default):
-1. a baseline trained ``--epochs`` epochs from scratch;
+On the generated benchmark dataset (``synthetic:preset=bench``: 512 train / 512 val images at
+320 px, 4 classes), YOLOv8n at 320 px, batch 16 with ``nbs=16`` (every batch is an optimizer
+step: 32 steps an epoch, not the 8 of ultralytics' default nbs=64):
+1. ``baseline``: trained ``--epochs`` epochs from scratch; the script checks that it plateaued
+   (relative gain of mAP50-95 over the last fifth of the epochs < ``--plateau`` = 1 %) and says so;
 2. ``plain``: the baseline trained ``--prune-epochs`` more epochs without a recipe (the fair
-   reference for accuracy and for time per epoch: same start, same length);
-3. ``pruned50`` / ``pruned75``: the baseline under recipes/yolov8n-pruned50.yaml and
-   yolov8n-pruned75.yaml, shortened with recipe_args to ``--prune-epochs`` epochs.
-Every final checkpoint is evaluated on the same val split. Time per epoch is the median of the
-training loop's wall time per epoch (validation excluded), measured with ultralytics callbacks.
-Prints a Markdown table with ratios (mAP50-95 vs plain and vs baseline; time per epoch vs plain)
-and writes it with the raw numbers to ``--out``.
+   reference: same start, same length as the recipes);
+3. ``pruned50`` / ``pruned75``: the baseline under recipes/yolov8n-pruned50.yaml / -pruned75.yaml,
+   shortened with recipe_args to ``--prune-epochs`` epochs.
+Every final checkpoint is evaluated on the same 512 val images with a bootstrap 95 % interval,
+and each variant gets its paired ratio to ``plain`` (same resampled images for both).
+Resumable: each step's folder is reused when it finished with the same inputs (content key:
+data definition, model, settings, recipe text, starting checkpoint; :mod:`sparsepipe.step_cache`);
+a stopped run re-does only the unfinished step. Writes ``sparsify.{md,json}`` and
+``curves.png`` (mAP50-95 per epoch of every run) into ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = {"pruned50": "recipes/yolov8n-pruned50.yaml", "pruned75": "recipes/yolov8n-pruned75.yaml"}
 
 
-def epoch_timer() -> tuple[dict[str, list], list[float]]:
-    seconds: list[float] = []
-    started: list[float] = []
+def curve(result_dir: Path) -> list[dict[str, float]]:
+    """Per-epoch validation metrics of a train/sparsify folder (ultralytics' results.csv)."""
+    import csv
 
-    def start(trainer):
-        started.append(time.perf_counter())
+    path = result_dir / "ultralytics" / "results.csv"
+    if not path.is_file():
+        return []
+    with open(path) as handle:
+        rows = [{k.strip(): v for k, v in row.items()} for row in csv.DictReader(handle)]
+    return [{"epoch": int(float(r["epoch"])), "map50_95": float(r["metrics/mAP50-95(B)"]),
+             "map50": float(r["metrics/mAP50(B)"])} for r in rows]  # fmt: skip
 
-    def end(trainer):
-        seconds.append(time.perf_counter() - started[-1])
 
-    return {"on_train_epoch_start": [start], "on_train_epoch_end": [end]}, seconds
+def plateau_gain(points: list[dict[str, float]], fraction: float = 0.2) -> float | None:
+    """Relative gain of mAP50-95 over the last ``fraction`` of the epochs (3-epoch means at both ends).
+
+    0.004 means the final epochs improved the model by 0.4 % of its value: it has plateaued.
+    """
+    if len(points) < 10:
+        return None
+    values = [p["map50_95"] for p in points]
+    start = len(values) - max(int(round(len(values) * fraction)), 3)
+    before = sum(values[start - 2:start + 1]) / 3
+    after = sum(values[-3:]) / 3
+    return (after - before) / before if before > 0 else None
+
+
+def curves_plot(curves: dict[str, list[dict[str, float]]], offsets: dict[str, int], path: Path) -> Path:
+    """mAP50-95 per epoch of every run on one axis (fine-tuning runs start where the baseline ended)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sparsepipe.results import atomic_write_with
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+    for name, points in curves.items():
+        if points:
+            ax.plot([p["epoch"] + offsets.get(name, 0) for p in points], [p["map50_95"] for p in points], label=name)
+    ax.set_xlabel("epoch (fine-tuning runs continue from the baseline's last epoch)")
+    ax.set_ylabel("mAP50-95 (val, 512 images)")
+    ax.set_title("learning curves: YOLOv8n on synthetic:preset=bench")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return path
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/bench-sparsify")
-    parser.add_argument("--data", default="synthetic:train=128,val=32,size=320,seed=0")
+    parser.add_argument("--data", default="synthetic:preset=bench")
     parser.add_argument("--model", default="yolov8n.yaml")
     parser.add_argument("--imgsz", type=int, default=320)
     parser.add_argument("--epochs", type=int, default=60, help="baseline epochs from scratch")
     parser.add_argument("--prune-epochs", type=int, default=30, help="length of plain and recipe fine-tuning")
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--timing-epochs", type=int, default=4, help="epochs of each alternating timing run")
-    parser.add_argument("--timing-rounds", type=int, default=2, help="plain/recipe timing pairs")
+    parser.add_argument("--nbs", type=int, default=16, help="ultralytics' nominal batch size (= batch: a step per batch)")
+    parser.add_argument("--plateau", type=float, default=0.01, help="max relative mAP50-95 gain over the last fifth")
+    parser.add_argument("--only", default="", help="comma list of steps to run (baseline,plain,pruned50,pruned75)")
     args = parser.parse_args()
 
-    from sparsepipe.data import prepare_data
+    from sparsepipe.bootstrap import DetectionRecords, paired_ratio_interval
+    from sparsepipe.data import parse_source, prepare_data
     from sparsepipe.evaluate import EvaluateConfig, evaluate
     from sparsepipe.hardware import cpu_info
     from sparsepipe.results import atomic_write_text
     from sparsepipe.sparsify import SparsifyConfig, sparsify
+    from sparsepipe.step_cache import cached_step, content_key
     from sparsepipe.training import TrainConfig, train
 
     out = Path(args.out).resolve()
-    data = str(prepare_data(args.data, out / "data").out_dir)
-    rows_file = out / "rows.json"
-    # Finished variants are kept (the benchmark can be re-run after an interruption).
-    rows: dict[str, dict] = json.loads(rows_file.read_text()) if rows_file.is_file() else {}
+    source = parse_source(args.data)
+    data_id = source.synthetic if source.synthetic is not None else args.data
+    data_key = content_key(step="data", data=data_id)
+    data = str(cached_step(out / "data", data_key, lambda: prepare_data(args.data, out / "data")).out_dir)
+    wanted = set(filter(None, args.only.split(","))) or {"baseline", "plain", *RECIPES}
+    extra = {"nbs": args.nbs}
+    steps: dict[str, Any] = {}
 
-    def record(name: str, weights: str, seconds: list[float], extra: dict) -> None:
-        ev = evaluate(weights, data, out / f"{name}-eval", EvaluateConfig(imgsz=args.imgsz))
-        rows[name] = {"map50_95": ev.metrics["map50_95"], "map50": ev.metrics["map50"], "weights": weights,
-                      "epoch_s": statistics.median(seconds) if seconds else float("nan"), **extra}
-        atomic_write_text(rows_file, json.dumps(rows, indent=2) + "\n")
-        print(name, rows[name], flush=True)
+    base_config = TrainConfig(epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, extra=extra)
+    base_key = content_key(step="train", model=args.model, data=data_id, config=base_config)
+    steps["baseline"] = cached_step(out / "baseline", base_key,
+                                    lambda: train(args.model, data, out / "baseline", base_config))
+    base_weights = steps["baseline"].path("weights")
 
-    if "baseline" not in rows:
-        cbs, secs = epoch_timer()
-        base = train(args.model, data, out / "baseline", TrainConfig(epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, plots=False), callbacks=cbs)
-        record("baseline", str(base.path("weights")), secs, {"epochs": args.epochs})
-    base_weights = rows["baseline"]["weights"]
-
-    plain_config = dict(imgsz=args.imgsz, batch=args.batch, plots=False, optimizer="SGD", lr0=0.01)
-    if "plain" not in rows:
-        cbs, secs = epoch_timer()
-        plain = train(base_weights, data, out / "plain", TrainConfig(epochs=args.prune_epochs, **plain_config), callbacks=cbs)
-        record("plain", str(plain.path("weights")), secs, {"epochs": args.epochs + args.prune_epochs})
+    if "plain" in wanted:
+        plain_config = TrainConfig(epochs=args.prune_epochs, imgsz=args.imgsz, batch=args.batch, optimizer="SGD", lr0=0.01,
+                                   extra=extra, variant="plain")
+        key = content_key(step="train", model=base_weights, data=data_id, config=plain_config)
+        steps["plain"] = cached_step(out / "plain", key, lambda: train(str(base_weights), data, out / "plain", plain_config))
 
     end = max(1, int(args.prune_epochs * 0.6))
     shortened = f"num_epochs={args.prune_epochs},pruning_start_epoch=0,pruning_end_epoch={end}"
-    recipes = {"pruned50": "recipes/yolov8n-pruned50.yaml", "pruned75": "recipes/yolov8n-pruned75.yaml"}
-    for name, recipe in recipes.items():
-        if name in rows:
+    for name, recipe in RECIPES.items():
+        if name not in wanted:
             continue
-        cbs, secs = epoch_timer()
-        result = sparsify(base_weights, data, recipe, out / name,
-                          SparsifyConfig(imgsz=args.imgsz, batch=args.batch, plots=False, variant=name),
-                          recipe_args=shortened, callbacks=cbs)
-        record(name, str(result.path("weights")), secs,
-               {"epochs": args.epochs + args.prune_epochs, "sparsity": result.metrics["sparsity"], "recipe": recipe, "recipe_args": shortened})
+        config = SparsifyConfig(imgsz=args.imgsz, batch=args.batch, variant=name, extra=extra)
+        key = content_key(step="sparsify", model=base_weights, data=data_id, config=config, recipe=ROOT / recipe,
+                          recipe_args=shortened)
+        steps[name] = cached_step(out / name, key, lambda name=name, recipe=recipe, config=config: sparsify(
+            str(base_weights), data, str(ROOT / recipe), out / name, config, recipe_args=shortened))
 
-    # Training cost, measured fairly: short plain and recipe runs alternate, so machine load
-    # hits both alike; the ratio of median epoch times is the overhead of recipe training.
-    timing: dict[str, list[float]] = {"plain": [], "pruned75": []}
-    short = f"num_epochs={args.timing_epochs},pruning_start_epoch=0,pruning_end_epoch={max(1, args.timing_epochs - 1)}"
-    for round_ in range(args.timing_rounds):
-        cbs, secs = epoch_timer()
-        train(base_weights, data, out / f"timing-plain-{round_}", TrainConfig(epochs=args.timing_epochs, **plain_config), callbacks=cbs)
-        timing["plain"] += secs[1:]  # the first epoch of a run also warms caches
-        cbs, secs = epoch_timer()
-        sparsify(base_weights, data, recipes["pruned75"], out / f"timing-pruned75-{round_}",
-                 SparsifyConfig(imgsz=args.imgsz, batch=args.batch, plots=False), recipe_args=short, callbacks=cbs)
-        timing["pruned75"] += secs[1:]
-    overhead = statistics.median(timing["pruned75"]) / statistics.median(timing["plain"])
-    rows["timing"] = {k: v for k, v in timing.items()}
+    evaluations = {}
+    for name, step in steps.items():
+        key = content_key(step="evaluate", model=step.path("weights"), data=data_id, imgsz=args.imgsz)
+        evaluations[name] = cached_step(out / f"{name}-eval", key, lambda step=step, name=name: evaluate(
+            str(step.path("weights")), data, out / f"{name}-eval", EvaluateConfig(imgsz=args.imgsz, variant=name)))
 
-    ref = rows["plain"]
-    variants = {k: v for k, v in rows.items() if k != "timing"}
-    lines = [
-        "| variant | epochs | sparsity | mAP50-95 | mAP50 | mAP50-95 vs plain | vs baseline |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, row in variants.items():
-        lines.append(
-            f"| {name} | {row['epochs']} | {row.get('sparsity', 0):.3f} | {row['map50_95']:.4f} | {row['map50']:.4f} | "
-            f"{row['map50_95'] / ref['map50_95'] if ref['map50_95'] else float('nan'):.3f} | "
-            f"{row['map50_95'] / rows['baseline']['map50_95'] if rows['baseline']['map50_95'] else float('nan'):.3f} |"
-        )
-    lines += [
-        "",
-        f"Training cost: median seconds per epoch over {args.timing_rounds} alternating pairs of "
-        f"{args.timing_epochs}-epoch runs from the baseline (first epoch of each run dropped): plain "
-        f"{statistics.median(timing['plain']):.2f} s, pruned75 recipe {statistics.median(timing['pruned75']):.2f} s, "
-        f"**recipe_time_per_epoch_vs_plain = {overhead:.3f}**.",
-    ]
+    curves = {name: curve(Path(step.out_dir)) for name, step in steps.items()}
+    gain = plateau_gain(curves["baseline"])
+    reference = "plain" if "plain" in evaluations else "baseline"
+    ref_records = DetectionRecords.load(evaluations[reference].path("per_image"))
+    rows: dict[str, dict[str, Any]] = {}
+    for name, ev in evaluations.items():
+        m = ev.metrics
+        row = {"epochs": args.epochs + (args.prune_epochs if name != "baseline" else 0), "map50_95": m["map50_95"],
+               "map50": m["map50"], "ci": [m.get("map50_95_ci_low"), m.get("map50_95_ci_high")],
+               "sparsity": steps[name].metrics.get("sparsity", 0.0), "weights": str(steps[name].path("weights")),
+               "curve": curves[name]}
+        if name != reference:
+            ratio = paired_ratio_interval(DetectionRecords.load(ev.path("per_image")), ref_records)
+            row["ratio_vs_" + reference] = [round(ratio.value, 4), round(ratio.low, 4), round(ratio.high, 4)]
+        rows[name] = row
+
+    lines = [f"| variant | epochs | sparsity | mAP50-95 [95% CI] | mAP50 | mAP50-95 / {reference} [paired 95% CI] |",
+             "|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        ratio = row.get("ratio_vs_" + reference)
+        ci = row["ci"]
+        lines.append(f"| {name} | {row['epochs']} | {row['sparsity']:.3f} | {row['map50_95']:.4f} [{ci[0]:.4f}, {ci[1]:.4f}] | "
+                     f"{row['map50']:.4f} | " + (f"{ratio[0]:.3f} [{ratio[1]:.3f}, {ratio[2]:.3f}]" if ratio else "1 (reference)")
+                     + " |")
+    verdict = ("not measurable (fewer than 10 epochs)" if gain is None else
+               f"{gain:+.2%} over the last fifth: {'plateaued' if abs(gain) < args.plateau else 'NOT plateaued'} "
+               f"(criterion < {args.plateau:.0%})")
+    base_curve = curves["baseline"]
+    lines += ["", f"Baseline learning curve: {verdict}. mAP50-95 every 5 epochs: "
+              + ", ".join(f"{p['epoch']}: {p['map50_95']:.3f}" for p in base_curve if p["epoch"] % 5 == 0 or p is base_curve[-1])]
+    for name in rows:
+        if name != "baseline" and curves[name]:
+            lines.append(f"- {name}: " + ", ".join(f"{p['epoch']}: {p['map50_95']:.3f}" for p in curves[name]
+                                                    if p["epoch"] % 5 == 0 or p is curves[name][-1]))
+    offsets = {name: (args.epochs if name != "baseline" else 0) for name in curves}
+    plot = curves_plot(curves, offsets, out / "curves.png")
     hw = cpu_info()
-    header = (f"Command: `.venv/bin/python benchmarks/sparsify_bench.py --epochs {args.epochs} --prune-epochs {args.prune_epochs} "
-              f"--imgsz {args.imgsz}`; data `{args.data}`; machine: {hw['cpu_model']}, {hw['usable_cores']} cores; "
-              f"{time.strftime('%Y-%m-%d')}.")
+    header = (f"Command: `.venv/bin/python benchmarks/sparsify_bench.py --epochs {args.epochs} --prune-epochs "
+              f"{args.prune_epochs} --imgsz {args.imgsz} --batch {args.batch} --nbs {args.nbs}`; data `{args.data}`; "
+              f"machine: {hw['cpu_model']}, {hw['usable_cores']} cores; {time.strftime('%Y-%m-%d')}. "
+              f"Recipes shortened with `{shortened}`. Curves: {plot.name}.")
     table = header + "\n\n" + "\n".join(lines) + "\n"
     print(table)
     atomic_write_text(out / "sparsify.md", table)
-    atomic_write_text(out / "sparsify.json", json.dumps(rows, indent=2) + "\n")
+    atomic_write_text(out / "sparsify.json", json.dumps({"rows": rows, "plateau_gain": gain, "args": vars(args)},
+                                                        indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -235,6 +235,12 @@ def test_ratios_best_variant_and_verdict():
     br.add_ratios(rows)
     assert rows[2]["vs_ort_fp32"] == 6.0 and rows[2]["vs_ul_ov_int8"] == 2.0
     assert rows[2]["map_kept"] == pytest.approx(0.975)
+    # A point ratio >= 0.97 is not enough: the lower bound of the paired interval decides.
+    assert br.best_rows(rows)[(640, 1)]["variant"] == "dense"
+    rows[2].update(map_kept_ci_low=0.968, map_kept_ci_high=0.982)
+    assert br.best_rows(rows)[(640, 1)]["variant"] == "dense"
+    rows[2].update(map_kept_ci_low=0.971)
+    rows[3].update(map_kept_ci_low=0.4, map_kept_ci_high=0.6)
     best = br.best_rows(rows)
     assert best[(640, 1)]["variant"] == "channels50-qat"  # channels70 is faster but lost accuracy
     assert best[(320, 1)]["variant"] == "dense"
@@ -244,6 +250,13 @@ def test_ratios_best_variant_and_verdict():
     text = br.summary(rows, {"x": [{"op": "QLinearConv", "share": 0.5, "ms_per_run": 1.0}]})
     assert "channels50-qat on openvino" in text and "QLinearConv 50%" in text
     assert "fastest at any accuracy, 640 px, 1 thread: channels70 on openvino" in text
+
+
+def test_pareto_front_keeps_only_undominated_rows():
+    br = _bench_report()
+    rows = [_row("a", "openvino", 10.0, 0.5), _row("b", "openvino", 5.0, 0.4), _row("c", "openvino", 7.0, 0.3),
+            _row("d", "openvino", 20.0, 0.6), _row("e", "openvino", 12.0, 0.45)]
+    assert [r["variant"] for r in br.pareto_front(rows)] == ["b", "a", "d"]  # c and e are beaten on both axes
 
 
 def test_docs_section_is_replaced_not_duplicated():

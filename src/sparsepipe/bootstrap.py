@@ -40,6 +40,10 @@ RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 DEFAULT_RESAMPLES = 1000
 
 
+class UndefinedRatio(SparsepipeError):
+    """The baseline scored mAP 0 (a model that has not learned): no ratio to it exists."""
+
+
 @dataclasses.dataclass
 class DetectionRecords:
     """Everything mAP needs, per image: predictions matched to ground truth.
@@ -245,7 +249,7 @@ def paired_ratio_interval(variant: DetectionRecords, baseline: DetectionRecords,
     ones = np.ones(n)
     base_point = b.map(ones)[0]
     if base_point <= 0:
-        raise SparsepipeError("The baseline's mAP50-95 is 0: a ratio to it is undefined.")
+        raise UndefinedRatio("The baseline's mAP50-95 is 0 (it detects nothing): a ratio to it is undefined.")
     ratios = []
     for w in _weights(np.random.default_rng(seed), n, resamples):
         denominator = b.map(w)[0]

@@ -37,7 +37,7 @@ class DemoConfig:
     iterations: int = 200  # timed benchmark iterations
     threads: int = 2  # benchmark intra-op threads (all cores of a 2-core laptop/CI)
     recipe: str = "recipes/yolov8n-pruned50.yaml"  # pruning recipe for the second variant ("" = skip)
-    recipe_args: str = "num_epochs=10,pruning_start_epoch=0,pruning_end_epoch=6"  # shortened for the demo
+    recipe_args: str = "num_epochs=8,pruning_start_epoch=0,pruning_end_epoch=5"  # shortened for the demo
     quantize: bool = True  # add "<variant>-int8": PTQ of the pruned model (calibrated INT8 ONNX)
 
     def __post_init__(self) -> None:

@@ -240,7 +240,7 @@ def baseline_records_path(baseline: str | Path) -> Path:
 def error_bars(yolo: Any, data_yaml: Any, config: EvaluateConfig, imgsz: int, out: Path, files: dict[str, str],
                extra: dict[str, Any], baseline: str | Path | None) -> dict[str, float]:
     """Per-image records -> ``map50_95_ci_*`` (and the paired ratio against ``baseline``)."""
-    from sparsepipe.bootstrap import DetectionRecords, map_interval, paired_ratio_interval
+    from sparsepipe.bootstrap import DetectionRecords, UndefinedRatio, map_interval, paired_ratio_interval
 
     records = detection_records(yolo, data_yaml, config, imgsz)
     files["per_image"] = str(records.save(out / "per_image.npz"))
@@ -249,7 +249,11 @@ def error_bars(yolo: Any, data_yaml: Any, config: EvaluateConfig, imgsz: int, ou
     extra["bootstrap"] = {"resamples": config.bootstrap, "seed": config.bootstrap_seed, "level": interval.level,
                           "images": len(records.names), "map50_95_recomputed": round(interval.value, 5)}
     if baseline:
-        ratio = paired_ratio_interval(records, DetectionRecords.load(baseline_records_path(baseline)),
-                                      config.bootstrap, config.bootstrap_seed)  # fmt: skip
-        values.update(ratio.as_metrics("map50_95_ratio"))
+        try:
+            ratio = paired_ratio_interval(records, DetectionRecords.load(baseline_records_path(baseline)),
+                                          config.bootstrap, config.bootstrap_seed)  # fmt: skip
+        except UndefinedRatio as exc:
+            extra["bootstrap"]["ratio_note"] = str(exc)
+        else:
+            values.update(ratio.as_metrics("map50_95_ratio"))
     return values

@@ -118,7 +118,7 @@ def add_relative_metrics(variants: dict[str, dict[str, Any]], baseline: str, con
     Speed is never derived here: ``speedup_vs_baseline`` is only what a variant's own benchmark
     measured against the baseline in the same interleaved run (absent otherwise).
     """
-    from sparsepipe.bootstrap import DetectionRecords, paired_ratio_interval
+    from sparsepipe.bootstrap import DetectionRecords, UndefinedRatio, paired_ratio_interval
 
     config = config or ReportConfig(baseline=baseline)
     if baseline not in variants:
@@ -138,8 +138,12 @@ def add_relative_metrics(variants: dict[str, dict[str, Any]], baseline: str, con
         if name == baseline:
             continue
         if base_records is not None and entry.get("per_image"):
-            ratio = paired_ratio_interval(DetectionRecords.load(entry["per_image"]), base_records, config.bootstrap)
-            m.update(ratio.as_metrics("map50_95_ratio"))
+            try:
+                ratio = paired_ratio_interval(DetectionRecords.load(entry["per_image"]), base_records, config.bootstrap)
+            except UndefinedRatio:
+                pass  # the baseline detects nothing: no ratio (the table shows "-")
+            else:
+                m.update(ratio.as_metrics("map50_95_ratio"))
         if "map50_95_ratio_ci_low" in m:
             m["map50_95_ratio_ci"] = (f"{m['map50_95_ratio']:.3f} [{m['map50_95_ratio_ci_low']:.3f}, "
                                       f"{m['map50_95_ratio_ci_high']:.3f}]")  # fmt: skip
