@@ -3,29 +3,34 @@
     .venv/bin/python benchmarks/bench.py --out runs/bench        # or: make bench (after make bench-sparsify)
     .venv/bin/python benchmarks/bench.py --quick --out runs/bench-quick   # minutes: 320 px, 1 thread, 2 epochs
 
-Models come from the pruning benchmark (``--sparsify``, default runs/bench-sparsify):
-``baseline`` (60 epochs), ``plain`` (baseline + 30 plain epochs = 90) and ``pruned75`` (baseline +
-30 epochs of recipes/yolov8n-pruned75.yaml = 90). FAIRNESS: every fine-tuned variant has 90
-epochs in all, so the dense reference is ``plain``, not the 60-epoch baseline:
+Models come from the pruning benchmark (``--sparsify``, default runs/bench-sparsify, on
+``synthetic:preset=bench``): ``baseline`` (60 epochs, converged), ``plain`` (baseline + 30 plain
+epochs = 90), ``pruned50`` / ``pruned75`` (baseline + 30 epochs of their recipes = 90). FAIRNESS:
+every fine-tuned variant has 90 epochs in all, so the dense reference is ``plain``:
 - ``dense``: FP32 export of plain (the reference: onnxruntime FP32); ``dense-ptq``: its PTQ INT8;
-- ``pruned75`` (+ ``-ptq``, + ``-qat``: 3 more QAT epochs with benchmarks/recipes/qat-finetune.yaml);
-- one variant per ``recipes/yolov8n-channels*.yaml`` (``--recipes``), trained from the baseline
-  for ``--epochs`` (30) epochs with the recipe's epoch variables scaled to fit; FP32 recipes also
-  get a PTQ file, ``-quant`` recipes are QAT and export INT8 (named ``-qat``);
+- ``pruned50`` / ``pruned75`` (+ ``-ptq``, + ``-qat``: 3 more QAT epochs with
+  benchmarks/recipes/qat-finetune.yaml);
+- one variant per channel recipe (``--recipes``, default the ``-distill`` ones: channel pruning
+  with output distillation from the dense baseline, ``--teacher self``), trained from the
+  baseline for ``--epochs`` (30) epochs with the recipe's epoch variables scaled to fit; FP32
+  recipes also get a PTQ file, ``-quant`` recipes are QAT and export INT8 (named ``-qat``);
 - ``ultralytics-onnx-int8`` / ``ultralytics-openvino-int8``: ultralytics' own
   ``export(format=..., quantize=8)`` of plain, what a user would do without sparsepipe.
 Each file is exported at every ``--sizes`` and evaluated (mAP50-95) on the same val split.
 Per size and thread count, every (variant, engine) runner is timed in the same interleaved
 rounds (batch 1, sync). The machine's INT8/FP32 peak is measured once per thread count
 (:func:`sparsepipe.hardware.measure_peak`); ``floor_ms`` = 2 x MACs / INT8 peak.
-Resumable: every step whose ``result.json`` exists under ``--out`` is reused, so a second run
-only re-times. Writes ``--out``/bench.{json,md}, ``benchmarks/results/bench-<date>.{json,md}``,
+Resumable: every step (training, export, PTQ, evaluation) is content-keyed
+(:mod:`sparsepipe.step_cache`): a finished step is reused when its inputs (recipe text and
+arguments, starting checkpoint or file bytes, settings) are unchanged, so a second run only
+re-times; change a recipe and only what depends on it is redone. Writes ``--out``/bench.{json,md}, ``benchmarks/results/bench-<date>.{json,md}``,
 ``docs/img/bench-<date>.png`` and the issue-8 section of docs/benchmarks.md (``--no-docs``: not).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 import sys
@@ -40,13 +45,12 @@ import bench_report  # noqa: E402  (next to this script)
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def reuse(out: Path, make: Callable[[], Any]) -> Any:
-    """The step result in ``out`` when its result.json exists, else ``make()``'s."""
-    from sparsepipe.results import read_result
+def reuse(out: Path, make: Callable[[], Any], **inputs: Any) -> Any:
+    """The step result in ``out`` when it finished from the same ``inputs`` (a ``Path`` to a file
+    counts by its bytes), else ``make()``'s; see :func:`sparsepipe.step_cache.cached_step`."""
+    from sparsepipe.step_cache import cached_step, content_key
 
-    if (out / "result.json").is_file():
-        return read_result(out)
-    return make()
+    return cached_step(out, content_key(**inputs), make)
 
 
 def weights_of(model: str | Path) -> Path:
@@ -58,34 +62,56 @@ def weights_of(model: str | Path) -> Path:
 
 
 def train_variants(args: argparse.Namespace, out: Path, data: str) -> dict[str, dict[str, Any]]:
-    """name -> {"model": checkpoint folder, "int8": whether it exports INT8 (QAT), "epochs": total}."""
+    """name -> {"model": checkpoint folder, "int8": whether it exports INT8 (QAT), "epochs": total}.
+
+    Every training step is content-keyed (:mod:`sparsepipe.step_cache`): a rerun reuses a finished
+    checkpoint only when the recipe text, its arguments, the starting checkpoint and the settings
+    are unchanged.
+    """
+    from sparsepipe.modifiers.distillation import DISTILLATION_MODIFIERS
     from sparsepipe.qat import quant_modifier
     from sparsepipe.recipe import load_recipe
     from sparsepipe.recipe.yaml_io import load_yaml
     from sparsepipe.sparsify import SparsifyConfig, sparsify
+    from sparsepipe.step_cache import cached_step, content_key
 
     src = Path(args.sparsify)
+    fine_tuned = args.base_epochs + args.prune_epochs
     models = {
-        "dense": {"model": src / "plain", "int8": False, "epochs": args.base_epochs + 30},
-        "pruned75": {"model": src / "pruned75", "int8": False, "epochs": args.base_epochs + 30},
+        "dense": {"model": src / "plain", "int8": False, "epochs": fine_tuned},
+        "pruned50": {"model": src / "pruned50", "int8": False, "epochs": fine_tuned},
+        "pruned75": {"model": src / "pruned75", "int8": False, "epochs": fine_tuned},
     }
-    config = dict(imgsz=args.train_imgsz, batch=16, plots=False)
-    qat_dir = out / "train" / "pruned75-qat"
-    reuse(qat_dir, lambda: sparsify(str(src / "pruned75"), data, str(ROOT / "benchmarks/recipes/qat-finetune.yaml"),
-                                    qat_dir, SparsifyConfig(variant="pruned75-qat", **config),
-                                    recipe_args={"num_epochs": args.qat_epochs}))
-    models["pruned75-qat"] = {"model": qat_dir, "int8": True, "epochs": args.base_epochs + 30 + args.qat_epochs}
+    config = SparsifyConfig(imgsz=args.train_imgsz, batch=args.batch, plots=False, extra={"nbs": args.nbs})
+    qat_recipe = ROOT / "benchmarks/recipes/qat-finetune.yaml"
+    for pruned in ("pruned50", "pruned75"):
+        name = f"{pruned}-qat"
+        start = weights_of(src / pruned)
+        target = out / "train" / name
+        variant_config = dataclasses.replace(config, variant=name)
+        key = content_key(step="sparsify", model=start, data=data, config=variant_config, recipe=qat_recipe,
+                          recipe_args={"num_epochs": args.qat_epochs})
+        cached_step(target, key, lambda start=start, target=target, variant_config=variant_config: sparsify(
+            str(start), data, str(qat_recipe), target, variant_config, recipe_args={"num_epochs": args.qat_epochs}))
+        models[name] = {"model": target, "int8": True, "epochs": fine_tuned + args.qat_epochs}
+    base = weights_of(src / "baseline")
     for recipe in args.recipes:
-        int8 = quant_modifier(load_recipe(recipe)) is not None  # a QAT recipe: its checkpoint exports INT8
+        loaded = load_recipe(recipe)
+        int8 = quant_modifier(loaded) is not None  # a QAT recipe: its checkpoint exports INT8
+        teacher = "self" if loaded.modifiers_of(*DISTILLATION_MODIFIERS) else None  # the dense baseline
         name = bench_report.variant_name(recipe, int8)
         raw = load_yaml(Path(recipe).read_text(), recipe)
         recipe_args = bench_report.scaled_recipe_args(raw if isinstance(raw, dict) else {}, args.epochs)
         target = out / "train" / name
-        print(f"train {name}: {recipe} from {src / 'baseline'} with {recipe_args}", flush=True)
-        reuse(target, lambda: sparsify(str(src / "baseline"), data, recipe, target,
-                                       SparsifyConfig(variant=name, **config), recipe_args=recipe_args))
+        variant_config = dataclasses.replace(config, variant=name)
+        print(f"train {name}: {recipe} from {src / 'baseline'} with {recipe_args}, teacher {teacher}", flush=True)
+        key = content_key(step="sparsify", model=base, data=data, config=variant_config, recipe=Path(recipe),
+                          recipe_args=recipe_args, teacher=teacher)
+        cached_step(target, key, lambda recipe=recipe, target=target, variant_config=variant_config, recipe_args=recipe_args,
+                    teacher=teacher: sparsify(str(base), data, recipe, target, variant_config, recipe_args=recipe_args,
+                                              teacher=teacher))
         models[name] = {"model": target, "int8": int8, "epochs": args.base_epochs + args.epochs,
-                        "recipe": recipe, "recipe_args": recipe_args}
+                        "recipe": recipe, "recipe_args": recipe_args, "teacher": teacher}
     return models
 
 
@@ -108,7 +134,7 @@ def ultralytics_int8(plain_pt: Path, fmt: str, work: Path, data_yaml: str, size:
         result.write()
         return result
 
-    return reuse(work, make).path(role)
+    return reuse(work, make, step="ultralytics-int8", model=plain_pt, fmt=fmt, data=data_yaml, imgsz=size).path(role)
 
 
 def export_files(args: argparse.Namespace, out: Path, data: str, data_yaml: str,
@@ -120,11 +146,13 @@ def export_files(args: argparse.Namespace, out: Path, data: str, data_yaml: str,
     for size in args.sizes:
         d = out / str(size)
         for name, info in models.items():
-            exported = reuse(d / name, lambda: export_onnx(str(info["model"]), d / name, ExportConfig(imgsz=size, variant=name)))
+            exported = reuse(d / name, lambda: export_onnx(str(info["model"]), d / name, ExportConfig(imgsz=size, variant=name)),
+                             step="export", model=weights_of(info["model"]), imgsz=size)
             files[(name, size)] = exported.path("onnx")
             if not info["int8"]:
                 ptq = reuse(d / f"{name}-ptq", lambda: quantize(str(d / name), data, d / f"{name}-ptq",
-                                                                QuantizeConfig(evaluate=False, variant=f"{name}-ptq")))
+                                                                QuantizeConfig(evaluate=False, variant=f"{name}-ptq")),
+                            step="quantize", model=exported.path("onnx"), data=data)
                 files[(f"{name}-ptq", size)] = ptq.path("int8_onnx")
         plain_pt = weights_of(models["dense"]["model"])
         for fmt in ("onnx", "openvino"):
@@ -153,15 +181,17 @@ def accuracy(out: Path, data: str, data_yaml: str, files: dict[tuple[str, int], 
                 files_: dict[str, str] = {}
                 extra: dict[str, Any] = {}
                 metrics = {"map50_95": float(m.box.map), "map50": float(m.box.map50)}
-                metrics.update(error_bars(yolo, data_yaml, EvaluateConfig(imgsz=size), size, target, files_, extra, None))
+                metrics.update(error_bars(yolo, data_yaml, EvaluateConfig(imgsz=size), size, target, files_, extra, None,
+                                          metrics["map50_95"]))
                 result = StepResult(step="evaluate", out_dir=str(target), variant=variant, files=files_, metrics=metrics,
                                     extra=extra)
                 result.write()
                 return result
 
-            result = reuse(target, make)
+            result = reuse(target, make, step="evaluate", model=path, weights=path.with_suffix(".bin"), data=data, imgsz=size)
         else:
-            result = reuse(target, lambda: evaluate(str(path), data, target, EvaluateConfig(imgsz=size)))
+            result = reuse(target, lambda: evaluate(str(path), data, target, EvaluateConfig(imgsz=size)),
+                           step="evaluate", model=path, data=data, imgsz=size)
         scores[(variant, size)] = {**result.metrics, "per_image": str(result.path("per_image")) if "per_image" in result.files else None}
     for (variant, size), score in scores.items():
         ref = scores.get(("dense", size))
@@ -249,14 +279,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--sparsify", default="runs/bench-sparsify", help="out folder of benchmarks/sparsify_bench.py")
-    parser.add_argument("--recipes", default="recipes/yolov8n-channels[0-9]*.yaml", help="glob (or comma list) of channel recipes (not the quick-test one)")
+    parser.add_argument("--recipes", default="recipes/yolov8n-channels[0-9]*-distill*.yaml",
+                        help="glob (or comma list) of channel recipes trained from the baseline (distillation recipes get --teacher self)")
     parser.add_argument("--sizes", default="640,320")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--engines", default="", help="comma list; default: every available engine")
     parser.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs of each channel recipe from the baseline")
     parser.add_argument("--base-epochs", type=int, default=60, help="epochs of the --sparsify baseline (for the table)")
-    parser.add_argument("--qat-epochs", type=int, default=3, help="QAT epochs on top of pruned75")
+    parser.add_argument("--prune-epochs", type=int, default=30, help="epochs of the --sparsify plain/pruned runs (for the table)")
+    parser.add_argument("--qat-epochs", type=int, default=3, help="QAT epochs on top of pruned50 and pruned75")
     parser.add_argument("--train-imgsz", type=int, default=320, help="image size of the channel/QAT fine-tuning")
+    parser.add_argument("--batch", type=int, default=16, help="training batch of the channel/QAT fine-tuning")
+    parser.add_argument("--nbs", type=int, default=16, help="ultralytics' nominal batch (= batch: one optimizer step per batch)")
     parser.add_argument("--iterations", type=int, default=60, help="timed iterations per runner per size/threads")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=5)
@@ -298,7 +332,7 @@ def main() -> None:
         return
     out.mkdir(parents=True, exist_ok=True)
     src = Path(args.sparsify)
-    for need in ("baseline", "plain", "pruned75", "data"):
+    for need in ("baseline", "plain", "pruned50", "pruned75", "data"):
         if not (src / need / "result.json").is_file():
             sys.exit(f"error: {src / need} has no result.json; run `make bench-sparsify` first (or pass --sparsify).")
     data = str(src / "data")

@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma list of steps to run (baseline,plain,pruned50,pruned75)")
     args = parser.parse_args()
 
-    from sparsepipe.bootstrap import DetectionRecords, paired_ratio_interval
+    from sparsepipe.bootstrap import DetectionRecords, UndefinedRatio, paired_ratio_interval
     from sparsepipe.data import parse_source, prepare_data
     from sparsepipe.evaluate import EvaluateConfig, evaluate
     from sparsepipe.hardware import cpu_info
@@ -155,8 +155,12 @@ def main() -> None:
                "sparsity": steps[name].metrics.get("sparsity", 0.0), "weights": str(steps[name].path("weights")),
                "curve": curves[name]}
         if name != reference:
-            ratio = paired_ratio_interval(DetectionRecords.load(ev.path("per_image")), ref_records)
-            row["ratio_vs_" + reference] = [round(ratio.value, 4), round(ratio.low, 4), round(ratio.high, 4)]
+            try:
+                ratio = paired_ratio_interval(DetectionRecords.load(ev.path("per_image")), ref_records)
+            except UndefinedRatio as exc:
+                print(f"{name}: no ratio to {reference}: {exc}", flush=True)
+            else:
+                row["ratio_vs_" + reference] = [round(ratio.value, 4), round(ratio.low, 4), round(ratio.high, 4)]
         rows[name] = row
 
     lines = [f"| variant | epochs | sparsity | mAP50-95 [95% CI] | mAP50 | mAP50-95 / {reference} [paired 95% CI] |",
@@ -165,9 +169,10 @@ def main() -> None:
         ratio = row.get("ratio_vs_" + reference)
         ci = row["ci"]
         lines.append(f"| {name} | {row['epochs']} | {row['sparsity']:.3f} | {row['map50_95']:.4f} [{ci[0]:.4f}, {ci[1]:.4f}] | "
-                     f"{row['map50']:.4f} | " + (f"{ratio[0]:.3f} [{ratio[1]:.3f}, {ratio[2]:.3f}]" if ratio else "1 (reference)")
+                     f"{row['map50']:.4f} | " + (f"{ratio[0]:.3f} [{ratio[1]:.3f}, {ratio[2]:.3f}]" if ratio else
+                                                 "1 (reference)" if name == reference else "-")
                      + " |")
-    verdict = ("not measurable (fewer than 10 epochs)" if gain is None else
+    verdict = ("not measurable (fewer than 10 epochs, or mAP 0 where the last fifth starts)" if gain is None else
                f"{gain:+.2%} over the last fifth: {'plateaued' if abs(gain) < args.plateau else 'NOT plateaued'} "
                f"(criterion < {args.plateau:.0%})")
     base_curve = curves["baseline"]

@@ -282,7 +282,7 @@ def test_bench_quick_runs_end_to_end_and_reuses_steps(trained, tmp_path):
 
     root = Path(__file__).resolve().parent.parent
     src = tmp_path / "sparsify"
-    for name in ("baseline", "plain", "pruned75"):
+    for name in ("baseline", "plain", "pruned50", "pruned75"):
         shutil.copytree(trained.train_dir, src / name)
     shutil.copytree(trained.data_dir, src / "data")
     out = tmp_path / "bench"
@@ -293,12 +293,13 @@ def test_bench_quick_runs_end_to_end_and_reuses_steps(trained, tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     rows = json.loads((out / "bench.json").read_text())["rows"]
     pairs = {(r["variant"], r["engine"]) for r in rows}
-    for variant in ("dense", "dense-ptq", "pruned75-qat", "quick-test-qat", "ultralytics-openvino-int8"):
+    for variant in ("dense", "dense-ptq", "pruned50-qat", "pruned75-qat", "quick-test-qat", "ultralytics-openvino-int8"):
         assert any(v == variant for v, _ in pairs), variant
     assert ("quick-test-qat-ptq", "onnxruntime") not in pairs  # an INT8 QAT file is not re-quantized
     ref = next(r for r in rows if (r["variant"], r["engine"]) == ("dense", "onnxruntime"))
     assert ref["vs_ort_fp32"] == 1.0
     assert ref["map_kept"] == (1.0 if ref["map50_95"] > 0 else None)  # the 2-epoch fixture model may score 0
+    assert ref["map50_95_ci_low"] <= ref["map50_95"] + 0.05 and ref["map50_95_ci_high"] is not None
     assert all(r["floor_ms"] > 0 and r["latency_vs_floor"] == pytest.approx(r["latency_ms_p50"] / r["floor_ms"]) for r in rows)
     assert "Best sparsepipe variant" in (out / "bench.md").read_text() and (out / "bench.png").stat().st_size > 0
     trained_at = (out / "train" / "quick-test-qat" / "result.json").stat().st_mtime_ns

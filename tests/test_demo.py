@@ -46,6 +46,11 @@ def test_demo_runs_every_step_and_tracks_parent_and_variant(tmp_path, monkeypatc
     history = client.get_metric_history(child.info.run_id, "val/map50_95")
     assert [m.step for m in history] == [1]
 
+    # Error bars reach MLflow: the bootstrap interval of mAP50-95 for every evaluated variant.
+    assert {"map50_95_ci_low", "map50_95_ci_high"} <= set(child.data.metrics) & set(pruned.data.metrics)
+    assert child.data.metrics["map50_95_ci_low"] <= child.data.metrics["map50_95_ci_high"]
+    assert "95% CI" in result.path("markdown").read_text()
+    assert all(row["objects"] >= 0 and row["labelled"] >= 1 for row in result.extra["predict_sample"])
     # Same metric names for every variant, so the MLflow compare view lines up.
     assert STANDARD_METRICS | {"speedup_vs_baseline"} <= set(pruned.data.metrics)
     int8 = next(r for r in children if r.info.run_name == "pruned50-int8")

@@ -53,3 +53,27 @@ def test_hub_weights_are_never_downloaded(tiny_data, tmp_path):
 
     with pytest.raises(ModelError, match="never downloads"):
         train("yolov8n.pt", str(tiny_data), tmp_path / "t", TrainConfig(epochs=1, imgsz=64))
+
+
+def test_cpu_training_uses_the_configured_threads(tiny_data, tmp_path, monkeypatch):
+    """ultralytics sets torch to cores - 1 threads on the CPU (1 on a 2-core machine); sparsepipe's
+    trainer sets every usable core, or SPARSEPIPE_TRAIN_THREADS."""
+    import torch
+
+    from sparsepipe.training import train
+    from sparsepipe.ultralytics_hooks import TRAIN_THREADS_ENV, training_threads
+
+    seen: list[int] = []
+    monkeypatch.setenv(TRAIN_THREADS_ENV, "3")
+    assert training_threads() == 3
+    config = TrainConfig(epochs=1, imgsz=64, batch=8, workers=0, plots=False)
+    before = torch.get_num_threads()
+    try:
+        train("yolov8n.yaml", str(tiny_data), tmp_path / "t", config,
+              callbacks={"on_train_epoch_start": [lambda trainer: seen.append(torch.get_num_threads())]})
+    finally:
+        torch.set_num_threads(before)  # the setting is process-wide; later tests expect the default
+    assert seen == [3]
+    monkeypatch.setenv(TRAIN_THREADS_ENV, "zero")
+    with pytest.raises(ConfigError, match=TRAIN_THREADS_ENV):
+        training_threads()
