@@ -77,3 +77,24 @@ def test_demo_runs_every_step_and_tracks_parent_and_variant(tmp_path, monkeypatc
     # The artifacts really are in the S3 bucket behind the server.
     keys = [o["Key"] for o in s3_env.client().list_objects_v2(Bucket=s3_env.bucket, Prefix="mlflow/").get("Contents", [])]
     assert any(k.endswith("onnx/model.onnx") for k in keys)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_demo_defaults_learn_and_predict_finds_objects(tmp_path):
+    """`make demo`'s defaults (synthetic:preset=demo, 30 epochs at 160 px, nbs = batch): the
+    baseline detects (mAP50 >= 0.5), pruned50 keeps >= 95 % of it, predict finds objects, and the
+    recomputed mAP behind the interval agrees with ultralytics' figure."""
+    import json
+
+    result = run_demo(tmp_path / "demo", DemoConfig(), track=False)
+    variants = result.extra["variants"]
+    base, pruned = variants["baseline"]["metrics"], variants["pruned50"]["metrics"]
+    assert base["map50"] >= 0.5, base
+    assert pruned["map50"] >= 0.95 * base["map50"], (pruned["map50"], base["map50"])
+    assert base["map50_95_ci_low"] < base["map50_95"] < base["map50_95_ci_high"]
+    assert pruned["map50_95_ratio_ci_low"] <= pruned["map50_95_ratio"] <= pruned["map50_95_ratio_ci_high"]
+    found = result.extra["predict_sample"]
+    assert sum(row["objects"] for row in found) >= 0.5 * sum(row["labelled"] for row in found), found
+    evaluated = json.loads((tmp_path / "demo" / "evaluate" / "result.json").read_text())
+    assert abs(evaluated["extra"]["bootstrap"]["map50_95_recomputed"] - base["map50_95"]) <= 0.03
