@@ -31,7 +31,7 @@ def close_tracking_run(
     tracking_uri: str,
     status: dsl.PipelineTaskFinalStatus,
 ) -> str:
-    """End the parent run with the pipeline's final state (SUCCEEDED -> FINISHED, ...)."""
+    """End the parent run with the pipeline's final state (COMPLETE/SUCCEEDED -> FINISHED, ...)."""
     from sparsepipe.kfp_support import close_run
 
     return close_run(kfp_run_id=kfp_run_id, status=status.state, experiment=experiment,

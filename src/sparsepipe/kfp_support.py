@@ -55,7 +55,14 @@ STEP_TAG = "sparsepipe.step"
 VARIANT_TAG = "sparsepipe.variant"
 PIPELINE_TAG = "sparsepipe.pipeline"
 #: KFP final task states (``PipelineTaskFinalStatus.state``) -> MLflow run statuses.
-_STATUS = {"SUCCEEDED": "FINISHED", "FAILED": "FAILED", "CANCELED": "KILLED", "CANCELLED": "KILLED"}
+#: On a KFP backend (2.14+) the driver fills ``state`` with the ML Metadata execution state of
+#: the exit handler's body DAG (``backend/src/v2/driver/resolve.go``: ``GetLastKnownState().String()``),
+#: one of ``UNKNOWN NEW RUNNING COMPLETE FAILED CACHED CANCELED``; ``kfp.local`` passes
+#: ``SUCCEEDED``/``FAILED``/``CANCELED``. ``CANCELED`` in MLMD means "not triggered" (a skipped
+#: condition), for us the body did not run to its end: ``KILLED``. ``RUNNING``/``NEW``/``UNKNOWN``
+#: mean the body ended without its state being recorded (a pod killed, a run terminated): ``FAILED``.
+_STATUS = {"SUCCEEDED": "FINISHED", "COMPLETE": "FINISHED", "CACHED": "FINISHED",
+           "FAILED": "FAILED", "CANCELED": "KILLED", "CANCELLED": "KILLED"}
 
 
 @dataclasses.dataclass
@@ -110,8 +117,9 @@ class RunContext:
 
 
 def kfp_status_to_mlflow(state: str) -> str:
-    """``SUCCEEDED`` -> ``FINISHED``, ``FAILED`` -> ``FAILED``, ``CANCELED`` -> ``KILLED``."""
-    return _STATUS.get(str(state).upper(), "FAILED")
+    """``COMPLETE``/``CACHED`` (backend) and ``SUCCEEDED`` (kfp.local) -> ``FINISHED``, ``CANCELED`` ->
+    ``KILLED``, ``FAILED`` and anything else (``RUNNING``, ``UNKNOWN``, "") -> ``FAILED``."""
+    return _STATUS.get(str(state or "").strip().upper(), "FAILED")
 
 
 @contextlib.contextmanager
@@ -178,7 +186,9 @@ def open_run(
 def close_run(*, kfp_run_id: str, status: str, experiment: str = "sparsepipe", tracking_uri: str = "") -> str:
     """The exit handler: end the parent run of ``kfp_run_id`` (and any child left running).
 
-    ``status`` is KFP's final state (``SUCCEEDED``/``FAILED``/``CANCELED``). Returns the MLflow
+    ``status`` is KFP's final state (backend: ``COMPLETE``/``FAILED``/``CANCELED``/``RUNNING``...;
+    kfp.local: ``SUCCEEDED``/...), mapped by :func:`kfp_status_to_mlflow`. Children still running
+    end ``KILLED`` when the pipeline succeeded, else with the parent's status. Returns the MLflow
     status set, or ``""`` when there was nothing to close (tracking off, injected runs, which
     the KFP backend closes itself).
     """
