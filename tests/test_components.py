@@ -89,6 +89,11 @@ def test_status_mapping(state, expected):
 
 def test_device_mapping():
     assert train_device("") == "cpu" and train_device("nvidia.com/gpu") == "0"
+    assert train_device("nvidia.com/gpu", "1") == "0" and train_device("nvidia.com/gpu", 2.0) == "0"
+    assert train_device("nvidia.com/gpu", "0") == "cpu"  # no GPU requested: the pod has none
+    assert train_device("", "1") == "cpu"
+    with pytest.raises(ConfigError, match="accelerator_count"):
+        train_device("nvidia.com/gpu", "one")
 
 
 def test_open_step_close_against_real_mlflow(mlflow_server, monkeypatch, tmp_path):

@@ -169,7 +169,8 @@ def open_run(
                          publish_root=root, s3_endpoint_url=s3_endpoint_url.strip())
     context.apply_env()
     tags = {PIPELINE_TAG: pipeline or "sparsepipe", KFP_RUN_TAG: kfp_run_id}
-    params = {k: _int(v) for k, v in dict(params or {}).items()}  # KFP hands dict numbers as 1.0
+    # None = a parameter this pipeline does not have; KFP may hand numbers as 1.0.
+    params = {k: _int(v) for k, v in dict(params or {}).items() if v is not None}
     if os.environ.get("MLFLOW_RUN_ID", "").strip():
         injected = resolve_tracker(tags=tags)  # attached: KFP owns and ends it
         injected.log_params(dict(params or {}))
@@ -257,9 +258,19 @@ def _finish(result: StepResult, context: RunContext, tracker: Any) -> StepResult
     return result
 
 
-def train_device(accelerator: str) -> str:
-    """Ultralytics ``device`` for the accelerator a training task asked for: ``"0"`` or ``"cpu"``."""
-    return "0" if accelerator.strip() else "cpu"
+def train_device(accelerator: str, accelerator_count: str = "1") -> str:
+    """Ultralytics ``device`` for the accelerators a training task asked for: ``"0"`` or ``"cpu"``.
+
+    ``"cpu"`` when no accelerator type or a count of 0 was requested (Kubernetes then gives the
+    pod no GPU); else CUDA device 0 (one device per task; multi-node/multi-GPU training is
+    Kubeflow Trainer's job).
+    """
+    count = str(accelerator_count if accelerator_count is not None else "1").strip() or "0"
+    try:
+        none = float(count) == 0
+    except ValueError:
+        raise ConfigError(f"accelerator_count {accelerator_count!r} is not a number; give e.g. \"1\" or \"0\".") from None
+    return "cpu" if none or not str(accelerator or "").strip() else "0"
 
 
 def _int(value: Any) -> Any:
@@ -319,17 +330,17 @@ def run_data(source: str, out: str, context: str = "", validate: bool = True) ->
 
 
 def run_train(model: str, data: str, out: str, context: str = "", *, epochs: int = 30, imgsz: int = 320,
-              batch: int = 16, accelerator: str = "", workers: int = 2, seed: int = 0,
-              variant: str = "baseline") -> StepResult:
+              batch: int = 16, accelerator: str = "", accelerator_count: str = "1", workers: int = 2,
+              seed: int = 0, variant: str = "baseline") -> StepResult:
     """The train step (``data``: a data step's folder) into the artifact folder ``out``.
 
-    ``accelerator`` is the Kubernetes resource the task asked for (``nvidia.com/gpu``): set,
-    training runs on CUDA device 0; empty, on CPU.
+    ``accelerator``/``accelerator_count`` are the Kubernetes resource the task asked for
+    (``nvidia.com/gpu``, ``"1"``): see :func:`train_device`.
     """
     from sparsepipe.training import TrainConfig, train
 
     # Loop items reach components as JSON numbers (160.0): integers are made integers again.
-    config = TrainConfig(epochs=_int(epochs), imgsz=_int(imgsz), batch=_int(batch), device=train_device(accelerator),
+    config = TrainConfig(epochs=_int(epochs), imgsz=_int(imgsz), batch=_int(batch), device=train_device(accelerator, accelerator_count),
                          workers=_int(workers), seed=_int(seed), variant=variant)
     return _run("train", variant, context, lambda tracker: train(model, data, out, config, tracker))
 
@@ -374,8 +385,8 @@ def resolve_recipe(recipe: str, cache_dir: Path | None = None) -> str:
 
 
 def run_sparsify(model: str, data: str, recipe: str, out: str, context: str = "", *, recipe_args: str = "",
-                 imgsz: int = 320, batch: int = 16, accelerator: str = "", workers: int = 2, seed: int = 0,
-                 max_epochs: int = 0, variant: str = "pruned") -> StepResult:
+                 imgsz: int = 320, batch: int = 16, accelerator: str = "", accelerator_count: str = "1",
+                 workers: int = 2, seed: int = 0, max_epochs: int = 0, variant: str = "pruned") -> StepResult:
     """The sparsify step (``model``: a train folder or any model reference; ``recipe``: see :func:`resolve_recipe`).
 
     ``recipe_args``: overrides as ``k=v,k2=v2`` or a JSON object; ``max_epochs`` > 0 refuses
@@ -383,7 +394,7 @@ def run_sparsify(model: str, data: str, recipe: str, out: str, context: str = ""
     """
     from sparsepipe.sparsify import SparsifyConfig, sparsify
 
-    config = SparsifyConfig(imgsz=_int(imgsz), batch=_int(batch), device=train_device(accelerator),
+    config = SparsifyConfig(imgsz=_int(imgsz), batch=_int(batch), device=train_device(accelerator, accelerator_count),
                             workers=_int(workers), seed=_int(seed), max_epochs=_int(max_epochs) or None,
                             variant=variant or "pruned")
     args = recipe_args if isinstance(recipe_args, dict) else (str(recipe_args or "").strip() or None)
