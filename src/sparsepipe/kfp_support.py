@@ -61,6 +61,7 @@ PIPELINE_TAG = "sparsepipe.pipeline"
 #: ``SUCCEEDED``/``FAILED``/``CANCELED``. ``CANCELED`` in MLMD means "not triggered" (a skipped
 #: condition), for us the body did not run to its end: ``KILLED``. ``RUNNING``/``NEW``/``UNKNOWN``
 #: mean the body ended without its state being recorded (a pod killed, a run terminated): ``FAILED``.
+#: KFP 2.17's own MLflow plugin maps the same way (``common/plugins/mlflow/config.go``).
 _STATUS = {"SUCCEEDED": "FINISHED", "COMPLETE": "FINISHED", "CACHED": "FINISHED",
            "FAILED": "FAILED", "CANCELED": "KILLED", "CANCELLED": "KILLED"}
 
