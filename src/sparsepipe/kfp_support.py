@@ -35,8 +35,10 @@ from sparsepipe.results import StepResult, atomic_copy, atomic_write_text
 __all__ = [
     "KFP_RUN_TAG",
     "RunContext",
+    "check_publish_root",
     "close_run",
     "kfp_status_to_mlflow",
+    "namespace_publish_root",
     "open_run",
     "run_benchmark",
     "run_data",
@@ -169,6 +171,7 @@ def open_run(
     context = RunContext(tracking_uri=uri, experiment=experiment or "sparsepipe",
                          publish_root=root, s3_endpoint_url=s3_endpoint_url.strip())
     context.apply_env()
+    check_publish_root(context.publish_root)  # the first task: a root we cannot write fails the run in seconds
     tags = {PIPELINE_TAG: pipeline or "sparsepipe", KFP_RUN_TAG: kfp_run_id}
     # None = a parameter this pipeline does not have; KFP may hand numbers as 1.0.
     params = {k: _int(v) for k, v in dict(params or {}).items() if v is not None}
@@ -281,27 +284,69 @@ def _int(value: Any) -> Any:
     return value
 
 
-def _check_publish_root(ctx: RunContext) -> None:
-    """Fail before the step's work when its outputs could not be published (server, credentials, bucket).
+#: Bucket of KFP's object store and the prefix the KFP 2.17 profile controller lets a namespace's
+#: credentials write (manifests/.../pipelines-profile-controller/sync.py: ``artifacts/``,
+#: ``private-artifacts/<ns>/``, ``private/<ns>/``, ``shared/``).
+KFP_BUCKET = "mlpipeline"
+
+
+def namespace_publish_root(namespace: str, bucket: str = KFP_BUCKET) -> str:
+    """The default publish root of a KFP namespace: ``s3://mlpipeline/private/<ns>/sparsepipe``.
+
+    Without a namespace (single-user install): ``s3://mlpipeline/shared/sparsepipe``, which the
+    multi-user profile controller also allows.
+    """
+    namespace = str(namespace or "").strip()
+    if namespace and not all(c.isalnum() or c in "-." for c in namespace):
+        raise ConfigError(f"Namespace {namespace!r} is not a Kubernetes namespace name (lower case, digits, '-').")
+    return f"s3://{bucket}/private/{namespace}/sparsepipe" if namespace else f"s3://{bucket}/shared/sparsepipe"
+
+
+def check_publish_root(publish_root: str) -> None:
+    """Fail before any work when ``publish_root`` could not be written (server, credentials, bucket, prefix).
 
     SeaweedFS creates a missing bucket on the first PUT; AWS and MinIO refuse it. Either way a
-    typo in ``publish_root`` is an error here, not a new bucket.
+    typo in ``publish_root`` is an error here, not a new bucket. Then a small probe object is
+    written under the root and deleted: credentials allowed only under other prefixes (a KFP
+    multi-user namespace) fail here, in seconds, not in the upload after the step's work.
     """
+    import uuid
+
     from sparsepipe import storage
 
-    if not storage.is_s3_uri(ctx.publish_root):
+    if not storage.is_s3_uri(publish_root):
         return
-    bucket, _ = storage.split_s3_uri(ctx.publish_root)
+    bucket, prefix = storage.split_s3_uri(publish_root)
     client = storage.get_client()
     try:
         client.head_bucket(Bucket=bucket)
     except Exception as exc:  # noqa: BLE001 - turned into a StorageError that says what to fix
         if storage._error_code(exc) in ("404", "NoSuchBucket", "NotFound"):
             raise storage.StorageError(
-                f"Cannot publish to {ctx.publish_root}: bucket '{bucket}' does not exist on "
+                f"Cannot publish to {publish_root}: bucket '{bucket}' does not exist on "
                 f"{storage._endpoint_name(client)}. Create it or fix the publish_root parameter."
             ) from None
-        raise storage._storage_error(exc, ctx.publish_root, "publish to", client) from None
+        raise storage._storage_error(exc, publish_root, "publish to", client) from None
+    key = f"{prefix.strip('/')}/.sparsepipe-write-check-{uuid.uuid4().hex}".lstrip("/")
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=b"")
+    except Exception as exc:  # noqa: BLE001
+        if storage._error_code(exc) in ("AccessDenied", "403", "Forbidden"):
+            raise storage.StorageError(
+                f"Cannot publish to {publish_root}: the credentials may not write there on "
+                f"{storage._endpoint_name(client)} (AccessDenied). On a KFP multi-user cluster a namespace "
+                f"may write only under s3://{KFP_BUCKET}/private/<namespace>/ (and artifacts/, shared/): set "
+                f"publish_root to s3://{KFP_BUCKET}/private/<namespace>/sparsepipe (pipelines.submit's default)."
+            ) from None
+        raise storage._storage_error(exc, publish_root, "publish to", client) from None
+    try:
+        client.delete_object(Bucket=bucket, Key=key)
+    except Exception:  # noqa: BLE001, S110 - an empty probe left behind harms nothing
+        pass
+
+
+def _check_publish_root(ctx: RunContext) -> None:
+    check_publish_root(ctx.publish_root)
 
 
 def _run(step: str, variant: str, context: str, call: Any) -> StepResult:
