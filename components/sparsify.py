@@ -18,6 +18,7 @@ def sparsify_model(
     imgsz: int = 320,
     batch: int = 16,
     accelerator: str = "",
+    accelerator_count: str = "1",
     workers: int = 2,
     seed: int = 0,
     max_epochs: int = 0,
@@ -27,7 +28,8 @@ def sparsify_model(
     from sparsepipe.kfp_support import kfp_metrics, run_sparsify
 
     result = run_sparsify(checkpoint.path, data.path, recipe, model.path, context, recipe_args=recipe_args,
-                          imgsz=imgsz, batch=batch, accelerator=accelerator, workers=workers, seed=seed,
+                          imgsz=imgsz, batch=batch, accelerator=accelerator, accelerator_count=accelerator_count,
+                          workers=workers, seed=seed,
                           max_epochs=max_epochs, variant=variant)
     model.metadata["variant"] = result.variant
     for name, value in kfp_metrics(result).items():

@@ -17,6 +17,7 @@ def train_model(
     imgsz: int = 320,
     batch: int = 16,
     accelerator: str = "",
+    accelerator_count: str = "1",
     workers: int = 2,
     seed: int = 0,
     variant: str = "baseline",
@@ -25,7 +26,8 @@ def train_model(
     from sparsepipe.kfp_support import kfp_metrics, run_train
 
     result = run_train(model_config, data.path, model.path, context, epochs=epochs, imgsz=imgsz,
-                       batch=batch, accelerator=accelerator, workers=workers, seed=seed, variant=variant)
+                       batch=batch, accelerator=accelerator, accelerator_count=accelerator_count,
+                       workers=workers, seed=seed, variant=variant)
     model.metadata["variant"] = result.variant
     for name, value in kfp_metrics(result).items():
         metrics.log_metric(name, value)

@@ -30,10 +30,13 @@ def train_on_accelerator(accelerator, accelerator_count, **train_args):
 
     ``accelerator=""``/``accelerator_count="0"`` (the defaults) trains on CPU; e.g.
     ``nvidia.com/gpu`` and ``"1"`` trains on one GPU (the component then uses CUDA device 0).
-    One task, not a ``dsl.If`` pair of tasks: ``kfp.local`` 2.17 cannot merge artifacts of
-    branches (``dsl.OneOf``), and the run must work there too.
+    Both are also task inputs: inside a ``dsl.ParallelFor`` the SDK forwards only the pipeline
+    parameters a task takes as inputs, not those used only in its resources (found by the
+    launcher replay in tests/test_kfp_backend.py). One task, not a ``dsl.If`` pair of tasks:
+    ``kfp.local`` 2.17 cannot merge artifacts of branches (``dsl.OneOf``), and the run must work
+    there too.
     """
-    task = train_model(accelerator=accelerator, **train_args)
+    task = train_model(accelerator=accelerator, accelerator_count=accelerator_count, **train_args)
     on_gpu_when_asked(task, accelerator, accelerator_count)
     return task.outputs["model"]
 
@@ -48,7 +51,7 @@ def on_gpu_when_asked(task, accelerator, accelerator_count):
 
 def sparsify_on_accelerator(accelerator, accelerator_count, **sparsify_args):
     """The sparsify task (recipe training), placed like training."""
-    task = sparsify_model(accelerator=accelerator, **sparsify_args)
+    task = sparsify_model(accelerator=accelerator, accelerator_count=accelerator_count, **sparsify_args)
     return on_gpu_when_asked(task, accelerator, accelerator_count).outputs["model"]
 
 
@@ -111,11 +114,12 @@ def main_pipeline(
             experiment=mlflow_experiment, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
             tracking_uri=mlflow_tracking_uri, publish_root=publish_root, s3_endpoint_url=s3_endpoint_url,
             kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, pipeline=PIPELINE_NAME,
-            params={"model": model, "recipe": recipe, "recipe_args": recipe_args, "data_source": data_source,
-                    "imgsz": imgsz, "epochs": epochs, "calibration_images": calibration_images,
-                    "registered_model": registered_model, "max_accuracy_drop": max_accuracy_drop,
-                    "batch": batch, "accelerator": accelerator, "accelerator_count": accelerator_count, "benchmark_threads": benchmark_threads,
-                    "benchmark_iterations": benchmark_iterations},
+            # every parameter its own input: no placeholders inside a dict constant (docs/kubeflow.md)
+            model=model, recipe=recipe, recipe_args=recipe_args, data_source=data_source, imgsz=imgsz,
+            epochs=epochs, calibration_images=calibration_images, registered_model=registered_model,
+            max_accuracy_drop=max_accuracy_drop, batch=batch, accelerator=accelerator,
+            accelerator_count=accelerator_count, benchmark_threads=benchmark_threads,
+            benchmark_iterations=benchmark_iterations,
         )
         with_credentials(retried(opened.set_caching_options(False)))
         context = opened.output

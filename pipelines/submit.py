@@ -18,8 +18,18 @@ from pipelines.compile import COMPILED_DIR
 CLUSTER_DEFAULTS = {  # in-cluster services of a standard KFP 2.17 install + an MLflow service
     "mlflow_tracking_uri": "http://mlflow.kubeflow:5000",
     "s3_endpoint_url": "http://seaweedfs.kubeflow:8333",
-    "publish_root": "s3://mlpipeline/sparsepipe",
 }
+
+
+def cluster_defaults(namespace: str | None) -> dict:
+    """The in-cluster services, and a publish root the namespace's credentials may write.
+
+    KFP 2.17's profile controller lets a namespace write only under ``mlpipeline/private/<ns>/``
+    (and ``artifacts/``, ``shared/``): see :func:`sparsepipe.kfp_support.namespace_publish_root`.
+    """
+    from sparsepipe.kfp_support import namespace_publish_root
+
+    return {**CLUSTER_DEFAULTS, "publish_root": namespace_publish_root(namespace or "")}
 
 
 def parse_params(pairs: list[str]) -> dict:
@@ -44,7 +54,7 @@ def main(argv=None) -> int:
     parser.add_argument("--namespace", default=None, help="KFP multi-user namespace")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--no-cluster-defaults", action="store_true",
-                        help=f"do not set {', '.join(CLUSTER_DEFAULTS)} to the in-cluster services")
+                        help=f"do not set {', '.join(CLUSTER_DEFAULTS)} and publish_root (s3://mlpipeline/private/<namespace>/sparsepipe)")
     args = parser.parse_args(argv)
 
     import kfp
@@ -52,10 +62,11 @@ def main(argv=None) -> int:
     package = COMPILED_DIR / f"{args.pipeline}.yaml"
     if not package.is_file():
         raise SystemExit(f"{package} is missing: run `python -m pipelines.compile` (make compile) first.")
-    params = {} if args.no_cluster_defaults else dict(CLUSTER_DEFAULTS)
+    client = kfp.Client(host=args.host, namespace=args.namespace)
+    namespace = args.namespace or client.get_user_namespace()
+    params = {} if args.no_cluster_defaults else cluster_defaults(namespace)
     params.update(parse_params(args.param))
     run_name = args.run_name or f"sparsepipe-{args.pipeline}-{time.strftime('%Y%m%d-%H%M%S')}"
-    client = kfp.Client(host=args.host, namespace=args.namespace)
     run = client.create_run_from_pipeline_package(
         str(package), arguments=params, run_name=run_name, experiment_name=args.experiment,
         namespace=args.namespace, enable_caching=None,

@@ -56,11 +56,11 @@ def sweep_pipeline(
             experiment=mlflow_experiment, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
             tracking_uri=mlflow_tracking_uri, publish_root=publish_root, s3_endpoint_url=s3_endpoint_url,
             kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, pipeline=PIPELINE_NAME,
-            params={"recipes": recipes, "model": model, "data_source": data_source, "imgsz": imgsz,
-                    "epochs": epochs, "batch": batch, "accelerator": accelerator,
-                    "benchmark_threads": benchmark_threads, "benchmark_iterations": benchmark_iterations,
-                    "calibration_images": calibration_images, "registered_model": registered_model,
-                    "max_accuracy_drop": max_accuracy_drop},
+            # every parameter its own input: no placeholders inside a dict constant (docs/kubeflow.md)
+            recipes=recipes, model=model, data_source=data_source, imgsz=imgsz, epochs=epochs, batch=batch,
+            accelerator=accelerator, accelerator_count=accelerator_count, benchmark_threads=benchmark_threads,
+            benchmark_iterations=benchmark_iterations, calibration_images=calibration_images,
+            registered_model=registered_model, max_accuracy_drop=max_accuracy_drop,
         )
         with_credentials(retried(opened.set_caching_options(False)))
         context = opened.output

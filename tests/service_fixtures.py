@@ -53,6 +53,7 @@ MLFLOW_START_TIMEOUT_S = 90.0  # mlflow server imports take ~8 s there; more und
 STOP_GRACE_S = 3.0  # SIGTERM grace before SIGKILL (test data is thrown away anyway)
 TEST_BUCKET = "sparsepipe-test"
 TEST_REGION = "us-east-1"
+SCOPED_PREFIX = "private/team-a/"  # where the scoped test identity may write
 
 
 def free_port() -> int:
@@ -168,6 +169,11 @@ class S3Server:
     data_dir: Path
     log: Path
     pid: int
+    #: a second identity that may read the bucket but write only under ``scoped_prefix`` (like a
+    #: KFP multi-user namespace's credentials, which may write only under private/<namespace>/)
+    scoped_access_key: str = ""
+    scoped_secret_key: str = ""
+    scoped_prefix: str = SCOPED_PREFIX
 
     @property
     def env(self) -> dict[str, str]:
@@ -215,6 +221,8 @@ def _start_weed(root: Path) -> tuple[_Proc, S3Server]:
     data.mkdir(parents=True, exist_ok=True)
     access_key = "SPTEST" + secrets.token_hex(6).upper()
     secret_key = secrets.token_urlsafe(24)
+    scoped_access_key = "SPSCOPED" + secrets.token_hex(6).upper()
+    scoped_secret_key = secrets.token_urlsafe(24)
     config = root / "s3-identities.json"
     config.write_text(
         json.dumps(
@@ -224,7 +232,13 @@ def _start_weed(root: Path) -> tuple[_Proc, S3Server]:
                         "name": "sparsepipe-test",
                         "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
                         "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-                    }
+                    },
+                    {
+                        "name": "sparsepipe-test-scoped",
+                        "credentials": [{"accessKey": scoped_access_key, "secretKey": scoped_secret_key}],
+                        "actions": [f"Read:{TEST_BUCKET}", f"List:{TEST_BUCKET}",
+                                    f"Write:{TEST_BUCKET}/{SCOPED_PREFIX}*"],
+                    },
                 ]
             }
         ),
@@ -270,6 +284,8 @@ def _start_weed(root: Path) -> tuple[_Proc, S3Server]:
         data_dir=data,
         log=root / "weed.log",
         pid=proc.pid,
+        scoped_access_key=scoped_access_key,
+        scoped_secret_key=scoped_secret_key,
     )
     return proc, server
 

@@ -72,12 +72,28 @@ def test_run_context_round_trip_and_errors():
         RunContext.from_json('{"secret": "x"}')
 
 
-def test_status_and_device_mapping():
-    assert kfp_status_to_mlflow("SUCCEEDED") == "FINISHED"
-    assert kfp_status_to_mlflow("FAILED") == "FAILED"
-    assert kfp_status_to_mlflow("CANCELED") == "KILLED"
-    assert kfp_status_to_mlflow("whatever") == "FAILED"
+@pytest.mark.parametrize("state,expected", [
+    ("COMPLETE", "FINISHED"),  # what a KFP backend passes on success (MLMD Execution.State)
+    ("CACHED", "FINISHED"),
+    ("SUCCEEDED", "FINISHED"),  # kfp.local
+    ("FAILED", "FAILED"),
+    ("CANCELED", "KILLED"),
+    ("RUNNING", "FAILED"),  # body ended without recording its end: a pod killed, a run terminated
+    ("UNKNOWN", "FAILED"),
+    ("", "FAILED"),
+    ("whatever", "FAILED"),
+])
+def test_status_mapping(state, expected):
+    assert kfp_status_to_mlflow(state) == expected
+
+
+def test_device_mapping():
     assert train_device("") == "cpu" and train_device("nvidia.com/gpu") == "0"
+    assert train_device("nvidia.com/gpu", "1") == "0" and train_device("nvidia.com/gpu", 2.0) == "0"
+    assert train_device("nvidia.com/gpu", "0") == "cpu"  # no GPU requested: the pod has none
+    assert train_device("", "1") == "cpu"
+    with pytest.raises(ConfigError, match="accelerator_count"):
+        train_device("nvidia.com/gpu", "one")
 
 
 def test_open_step_close_against_real_mlflow(mlflow_server, monkeypatch, tmp_path):
@@ -102,6 +118,34 @@ def test_open_step_close_against_real_mlflow(mlflow_server, monkeypatch, tmp_pat
     child = client.get_run(tracker.run_id)
     assert child.info.run_name == "baseline.train" and child.info.status == "FINISHED"
     assert child.data.metrics["map50"] == 0.5
+
+
+@pytest.mark.parametrize("state,parent_status,child_status", [
+    ("COMPLETE", "FINISHED", "KILLED"), ("CANCELED", "KILLED", "KILLED"), ("RUNNING", "FAILED", "FAILED"),
+])
+def test_close_run_with_backend_states(mlflow_server, monkeypatch, tmp_path, state, parent_status, child_status):
+    """The exit handler on a real backend: ``COMPLETE`` finishes the parent; a child still running is killed."""
+    from mlflow.tracking import MlflowClient
+
+    from sparsepipe.kfp_support import close_run, open_run
+
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    experiment = f"kfp-state-{state}-{tmp_path.name}"
+    kfp_run_id = f"run-{state}"
+    context = RunContext.from_json(open_run(experiment=experiment, tracking_uri=mlflow_server.tracking_uri,
+                                            kfp_run_id=kfp_run_id))
+    client = MlflowClient(tracking_uri=mlflow_server.tracking_uri)
+    exp_id = client.get_experiment_by_name(experiment).experiment_id
+    done = client.create_run(exp_id, tags={"mlflow.parentRunId": context.parent_run_id}, run_name="data")
+    client.set_terminated(done.info.run_id, status="FINISHED")
+    left = client.create_run(exp_id, tags={"mlflow.parentRunId": context.parent_run_id}, run_name="report")
+    assert close_run(kfp_run_id=kfp_run_id, status=state, experiment=experiment,
+                     tracking_uri=mlflow_server.tracking_uri) == parent_status
+    parent = client.get_run(context.parent_run_id)
+    assert parent.info.status == parent_status
+    assert parent.data.tags["sparsepipe.kfp_final_status"] == state
+    assert client.get_run(left.info.run_id).info.status == child_status
+    assert client.get_run(done.info.run_id).info.status == "FINISHED"
 
 
 def test_tracking_off_without_uri(monkeypatch):

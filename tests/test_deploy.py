@@ -45,8 +45,10 @@ def test_registry_model_manifest(tmp_path):
     assert container["ports"] == [{"containerPort": 8080, "name": "http1", "protocol": "TCP"}]
     assert container["resources"]["requests"] == {"cpu": "500m", "memory": "1Gi"}
     assert set(container["resources"]["limits"]) == {"cpu", "memory"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 8080}
-    assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": 8080}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": 8080}  # KServe's v2 protocol
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": 8080}
+    assert container["startupProbe"]["httpGet"] == {"path": "/v2/health/live", "port": 8080}
+    assert args[args.index("--model-name") + 1] == "detector"  # POST /v2/models/detector/infer
     env = {e["name"]: e for e in container["env"]}
     assert "MLFLOW_TRACKING_URI" in env and env["MLFLOW_TRACKING_URI"]["value"].startswith("http")
     assert container["envFrom"] == [{"secretRef": {"name": "sparsepipe-s3"}}]

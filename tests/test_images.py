@@ -233,6 +233,21 @@ def test_lock_pins_torch_exactly_and_admits_cpu_builds():
     assert "sparsepipe" not in pins
 
 
+def test_exact_torch_pins_live_in_the_constraints_and_the_build_backend_reads_the_license():
+    """pyproject states compatible ranges (a library's job); the lock holds the exact tested pair."""
+    import tomllib
+
+    pyproject = tomllib.loads((lock.ROOT / "pyproject.toml").read_text())
+    deps = {canonicalize_name(Requirement(r).name): Requirement(r) for r in pyproject["project"]["dependencies"]}
+    for name, pinned in (("torch", "2.14.1"), ("torchvision", "0.29.1")):
+        assert not any(s.operator == "==" for s in deps[name].specifier), name
+        assert deps[name].specifier.contains(pinned) and lock.read_pins(lock.CONSTRAINTS)[name] == pinned
+    # a PEP 639 license string needs setuptools >= 77 (older ones reject `license = "Apache-2.0"`)
+    assert isinstance(pyproject["project"]["license"], str)
+    (backend,) = [Requirement(r) for r in pyproject["build-system"]["requires"] if r.startswith("setuptools")]
+    assert not backend.specifier.contains("76.1") and backend.specifier.contains("77.0")
+
+
 def test_lock_check_reports_drift(tmp_path):
     constraints = tmp_path / "constraints.txt"
     constraints.write_text(lock.CONSTRAINTS.read_text().replace("torch==2.14.1", "torch==2.13.0"))

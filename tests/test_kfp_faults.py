@@ -134,3 +134,45 @@ def test_mlflow_down_fails_before_training(tmp_path, monkeypatch):
     assert time.monotonic() - started < 30
     assert not (out / "model.pt").exists()  # nothing was trained, so nothing was lost
     assert isinstance(TrackingError("x"), SparsepipeError)
+
+
+def test_publish_root_outside_the_namespace_prefix_fails_before_the_work(s3_env, tmp_path, monkeypatch):
+    """Credentials allowed to write only under private/team-a/ (a KFP 2.17 namespace): refused in seconds."""
+    from sparsepipe.kfp_support import open_run
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_env.scoped_access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_env.scoped_secret_key)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    outside = RunContext(publish_root=f"s3://{s3_env.bucket}/sparsepipe/run1", s3_endpoint_url=s3_env.endpoint_url)
+    with pytest.raises(StorageError, match="may not write there") as failure:
+        run_data(SOURCE.format(seed=0), str(tmp_path / "a"), outside.to_json())
+    assert "private/<namespace>" in str(failure.value) and s3_env.scoped_secret_key not in str(failure.value)
+    assert not (tmp_path / "a").exists()  # refused before the step's work
+    with pytest.raises(StorageError, match="may not write there"):  # the first task already refuses it
+        open_run(publish_root=f"s3://{s3_env.bucket}/sparsepipe", kfp_run_id="r1", s3_endpoint_url=s3_env.endpoint_url)
+
+    root = open_run(publish_root=f"s3://{s3_env.bucket}/{s3_env.scoped_prefix}sparsepipe", kfp_run_id="r2",
+                    s3_endpoint_url=s3_env.endpoint_url)
+    result = run_data(SOURCE.format(seed=0), str(tmp_path / "b"), root)
+    prefix = f"{s3_env.scoped_prefix}sparsepipe/r2/data/"
+    keys = _objects(s3_env.client(), s3_env.bucket, f"{s3_env.scoped_prefix}sparsepipe/")
+    assert result.extra["published"].endswith("r2/data") and prefix + "_SUCCESS" in keys
+    assert not [k for k in keys if ".sparsepipe-write-check" in k]  # the probe object was removed
+
+
+def test_namespace_publish_root_defaults():
+    import sys
+
+    root = str(Path(__file__).resolve().parents[1])  # pipelines/ lives at the repository root
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from pipelines.submit import cluster_defaults
+    from sparsepipe.errors import ConfigError
+    from sparsepipe.kfp_support import namespace_publish_root
+
+    assert cluster_defaults("team-a")["publish_root"] == "s3://mlpipeline/private/team-a/sparsepipe"
+    assert namespace_publish_root("") == "s3://mlpipeline/shared/sparsepipe"
+    assert "s3_endpoint_url" in cluster_defaults(None)
+    with pytest.raises(ConfigError, match="namespace"):
+        namespace_publish_root("a/../b")

@@ -297,7 +297,9 @@ def test_sweep_fans_out_over_recipes_and_collects(sweep_spec):
 
 TINY = {"model": "yolov8n.yaml", "data_source": "synthetic:train=16,val=8,size=128,seed=3", "imgsz": 64,
         "epochs": 1, "batch": 8, "workers": 0, "benchmark_threads": 1, "benchmark_iterations": 5,
-        "calibration_images": 8, "recipe": str(ROOT / "tests" / "sparsify" / "prune-quick.yaml")}
+        "calibration_images": 8, "recipe": str(ROOT / "tests" / "sparsify" / "prune-quick.yaml"),
+        # quotes and a backslash (a JSON escape of "e"): what broke the launcher's substitution on a cluster
+        "recipe_args": '{"num_\\u0065pochs": 2, "final_sparsity": 0.5}'}
 CHILDREN = {"data", "report"} | {f"baseline.{s}" for s in ("train", "export", "evaluate", "benchmark")} | {
     f"pruned.{s}" for s in ("sparsify", "export", "evaluate", "benchmark")} | {
     f"pruned-ptq.{s}" for s in ("quantize", "evaluate", "benchmark")}
@@ -365,6 +367,7 @@ def test_main_pipeline_kfp_local_against_real_s3_and_mlflow(e2e):
     assert parent.data.tags["sparsepipe.kfp_final_status"] == "SUCCEEDED"
     assert float(parent.data.params["epochs"]) == 1 and parent.data.params["model"] == "yolov8n.yaml"
     assert parent.data.params["recipe"].endswith("prune-quick.yaml")
+    assert parent.data.params["recipe_args"] == TINY["recipe_args"] and "\\" in TINY["recipe_args"]
     assert set(children) == CHILDREN
     assert all(r.info.status == "FINISHED" for r in children.values())
     for variant in ("baseline", "pruned", "pruned-ptq"):

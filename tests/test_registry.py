@@ -68,6 +68,31 @@ def test_register_alias_resolve_and_load_in_onnxruntime(mlflow_server, monkeypat
     assert resolve_registry_uri(f"models:/{name}@champion", tmp_path / "cache2").endswith("model_int8.onnx")
 
 
+def test_registered_onnx_is_an_mlflow_model_pyfunc_loads(mlflow_server, monkeypatch, tmp_path):
+    """The version is an MLflow ONNX model with a signature: loaded back from the server and run."""
+    import mlflow.pyfunc
+    from mlflow.models import get_model_info
+
+    from sparsepipe.storage import file_sha256
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.tracking_uri)
+    name = f"sparsepipe-pyfunc-{tmp_path.name}"
+    raw = tiny_onnx(tmp_path / "model_int8.onnx", 3.0)
+    register_model(raw, name, alias="champion", variant="pruned-ptq", experiment="registry-tests")
+    uri = f"models:/{name}@champion"
+    info = get_model_info(uri)
+    assert "onnx" in info.flavors and info.flavors["python_function"]["loader_module"] == "mlflow.onnx"
+    (spec,) = info.signature.inputs.inputs
+    assert (spec.name, spec.shape, str(spec.type)) == ("images", (1, 3, 4, 4), "float32")
+    assert [o.name for o in info.signature.outputs.inputs] == ["output0"]
+    model = mlflow.pyfunc.load_model(uri)
+    x = np.full((1, 3, 4, 4), 0.5, dtype=np.float32)
+    np.testing.assert_allclose(model.predict(x)["output0"], x * 3.0)
+    # the raw file is still there under its name, byte-identical, and verified against its SHA-256 tag
+    path = resolve_registry_uri(uri, tmp_path / "cache")
+    assert path.endswith("model_int8.onnx") and file_sha256(path) == file_sha256(raw)
+
+
 def test_checkpoint_preferred_when_a_version_holds_both(mlflow_server, monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.tracking_uri)
     import torch

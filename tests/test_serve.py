@@ -269,7 +269,7 @@ def test_schemathesis_finds_no_server_errors(server):
 
     for result in schema.get_all_operations():
         fuzz(result.ok())
-    assert len(seen) == 5 and all(code < 500 for codes in seen.values() for code in codes), seen
+    assert len(seen) == 11 and all(code < 500 for codes in seen.values() for code in codes), seen  # 5 + 6 v2
 
 
 def test_cli_serve_subprocess(trained, tmp_path):
@@ -378,3 +378,52 @@ def test_known_object_found_in_original_pixels(tmp_path):
     (prediction,) = answer.json()["predictions"]
     assert (prediction["width"], prediction["height"]) == (128, 96)
     assert prediction["detections"] == [{"box": [64.0, 16.0, 96.0, 48.0], "class_id": 0, "label": "bright", "score": 1.0}]
+
+
+def test_open_inference_protocol_v2(tmp_path):
+    """A KServe v2 client's requests: health, metadata, infer with base64 image bytes and with a UINT8 tensor."""
+    model = _bright_cell_model(tmp_path / "bright.onnx")
+    image = np.zeros((96, 128, 3), np.uint8)
+    image[16:48, 64:96] = 255
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "PNG")
+    config = ServeConfig(max_images=2)
+    srv = Server(create_app(lambda: Predictor(model, conf=0.5), config, model_name=str(model), v2_name="detector"))
+    try:
+        assert srv.client.get("/v2/health/live").json() == {"live": True}
+        srv.wait_ready()
+        assert srv.client.get("/v2/health/ready").json() == {"ready": True}
+        assert srv.client.get("/v2/models/detector/ready").status_code == 200
+        meta = srv.client.get("/v2/models/detector").json()
+        assert meta["name"] == "detector" and meta["inputs"][0]["datatype"] == "BYTES"
+        assert srv.client.get("/v2/models/other").status_code == 404
+        encoded = base64.b64encode(buf.getvalue()).decode()
+        request = {"id": "r1", "inputs": [{"name": "images", "datatype": "BYTES", "shape": [2],
+                                           "data": [encoded, encoded]}]}
+        answer = srv.client.post("/v2/models/detector/infer", json=request)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["model_name"] == "detector" and body["id"] == "r1"
+        detections, labels = body["outputs"]
+        assert detections["name"] == "detections" and detections["shape"] == [2, 7]
+        rows = np.array(detections["data"]).reshape(2, 7)
+        np.testing.assert_allclose(rows, [[0, 64, 16, 96, 48, 1, 0], [1, 64, 16, 96, 48, 1, 0]])
+        assert labels == {"name": "labels", "datatype": "BYTES", "shape": [2], "data": ["bright", "bright"]}
+
+        tensor = {"inputs": [{"name": "images", "datatype": "UINT8", "shape": [96, 128, 3],
+                              "data": image.ravel().tolist()}], "parameters": {"conf": 0.5}}
+        answer = srv.client.post("/v2/models/detector/infer", json=tensor)
+        assert answer.status_code == 200, answer.text
+        np.testing.assert_allclose(answer.json()["outputs"][0]["data"], [0, 64, 16, 96, 48, 1, 0])
+
+        for bad, status in (({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [0.0]}]}, 400),
+                            ({"inputs": [{"name": "x", "datatype": "BYTES", "shape": [3], "data": [encoded] * 3}]}, 413),
+                            ({"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1], "data": ["%%%"]}]}, 422),
+                            ({"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1],
+                                          "data": [base64.b64encode(b"not an image").decode()]}]}, 422)):
+            answer = srv.client.post("/v2/models/detector/infer", json=bad)
+            assert answer.status_code == status and answer.json()["error"], (bad, answer.text)
+        assert srv.client.post("/v2/models/detector/infer", content=b"{}", headers={
+            "content-type": "text/plain"}).status_code == 415
+    finally:
+        srv.stop()

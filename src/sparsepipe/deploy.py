@@ -6,9 +6,10 @@
 
 The predictor is a custom container (``serving.kserve.io/v1beta1``, ``spec.predictor.containers``):
 the sparsepipe CPU image running ``sparsepipe serve MODEL --host 0.0.0.0 --port 8080``, with
-resource requests and limits, a readiness probe on ``/ready`` (the model is loaded) and a liveness
-probe on ``/health``. The model is fetched at start-up from the MLflow registry (``models:/``) or
-S3 (``s3://``). Credentials never appear in the YAML: the pod reads them from a Kubernetes Secret
+resource requests and limits, a readiness probe on ``/v2/health/ready`` (the model is loaded)
+and liveness/startup probes on ``/v2/health/live`` (Open Inference Protocol v2; the server
+answers ``/v2/models/<name>/infer``, ``<name>`` = the InferenceService name). The model is
+fetched at start-up from the MLflow registry (``models:/``) or S3 (``s3://``). Credentials never appear in the YAML: the pod reads them from a Kubernetes Secret
 through ``envFrom`` (keys ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``), or, with
 ``secret_keys``, from named keys of a Secret such as KFP's ``mlpipeline-minio-artifact``
 (``accesskey``/``secretkey``). Docs: docs/serving.md.
@@ -136,16 +137,19 @@ def inference_service(model: str, config: DeployConfig) -> dict[str, Any]:
         "image": config.image,
         "command": ["sparsepipe"],
         "args": ["serve", model, "--host", "0.0.0.0", "--port", str(PORT), "--engine", config.engine,
-                 "--threads", str(config.threads), "--queue-size", str(config.queue_size)],
+                 "--threads", str(config.threads), "--queue-size", str(config.queue_size),
+                 "--model-name", config.name],  # v2 route: /v2/models/<InferenceService name>/infer
         "ports": [{"containerPort": PORT, "name": "http1", "protocol": "TCP"}],
         "env": env,
         "resources": {"requests": {"cpu": str(config.cpu), "memory": str(config.memory)},
                       "limits": {"cpu": str(config.cpu_limit), "memory": str(config.memory_limit)}},
-        "startupProbe": {"httpGet": {"path": "/health", "port": PORT}, "periodSeconds": 5,
+        # Open Inference Protocol v2 health routes (what KServe's own runtimes answer)
+        "startupProbe": {"httpGet": {"path": "/v2/health/live", "port": PORT}, "periodSeconds": 5,
                          "failureThreshold": config.startup_failures},
-        "readinessProbe": {"httpGet": {"path": "/ready", "port": PORT},
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": PORT},
                            "initialDelaySeconds": config.initial_delay_s, "periodSeconds": 5, "failureThreshold": 3},
-        "livenessProbe": {"httpGet": {"path": "/health", "port": PORT}, "periodSeconds": 10, "failureThreshold": 3},
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": PORT}, "periodSeconds": 10,
+                          "failureThreshold": 3},
     }
     if config.secret and config.secret_keys is None:
         container["envFrom"] = [{"secretRef": {"name": config.secret}}]

@@ -35,8 +35,10 @@ from sparsepipe.results import StepResult, atomic_copy, atomic_write_text
 __all__ = [
     "KFP_RUN_TAG",
     "RunContext",
+    "check_publish_root",
     "close_run",
     "kfp_status_to_mlflow",
+    "namespace_publish_root",
     "open_run",
     "run_benchmark",
     "run_data",
@@ -55,7 +57,15 @@ STEP_TAG = "sparsepipe.step"
 VARIANT_TAG = "sparsepipe.variant"
 PIPELINE_TAG = "sparsepipe.pipeline"
 #: KFP final task states (``PipelineTaskFinalStatus.state``) -> MLflow run statuses.
-_STATUS = {"SUCCEEDED": "FINISHED", "FAILED": "FAILED", "CANCELED": "KILLED", "CANCELLED": "KILLED"}
+#: On a KFP backend (2.14+) the driver fills ``state`` with the ML Metadata execution state of
+#: the exit handler's body DAG (``backend/src/v2/driver/resolve.go``: ``GetLastKnownState().String()``),
+#: one of ``UNKNOWN NEW RUNNING COMPLETE FAILED CACHED CANCELED``; ``kfp.local`` passes
+#: ``SUCCEEDED``/``FAILED``/``CANCELED``. ``CANCELED`` in MLMD means "not triggered" (a skipped
+#: condition), for us the body did not run to its end: ``KILLED``. ``RUNNING``/``NEW``/``UNKNOWN``
+#: mean the body ended without its state being recorded (a pod killed, a run terminated): ``FAILED``.
+#: KFP 2.17's own MLflow plugin maps the same way (``common/plugins/mlflow/config.go``).
+_STATUS = {"SUCCEEDED": "FINISHED", "COMPLETE": "FINISHED", "CACHED": "FINISHED",
+           "FAILED": "FAILED", "CANCELED": "KILLED", "CANCELLED": "KILLED"}
 
 
 @dataclasses.dataclass
@@ -110,8 +120,9 @@ class RunContext:
 
 
 def kfp_status_to_mlflow(state: str) -> str:
-    """``SUCCEEDED`` -> ``FINISHED``, ``FAILED`` -> ``FAILED``, ``CANCELED`` -> ``KILLED``."""
-    return _STATUS.get(str(state).upper(), "FAILED")
+    """``COMPLETE``/``CACHED`` (backend) and ``SUCCEEDED`` (kfp.local) -> ``FINISHED``, ``CANCELED`` ->
+    ``KILLED``, ``FAILED`` and anything else (``RUNNING``, ``UNKNOWN``, "") -> ``FAILED``."""
+    return _STATUS.get(str(state or "").strip().upper(), "FAILED")
 
 
 @contextlib.contextmanager
@@ -160,8 +171,10 @@ def open_run(
     context = RunContext(tracking_uri=uri, experiment=experiment or "sparsepipe",
                          publish_root=root, s3_endpoint_url=s3_endpoint_url.strip())
     context.apply_env()
+    check_publish_root(context.publish_root)  # the first task: a root we cannot write fails the run in seconds
     tags = {PIPELINE_TAG: pipeline or "sparsepipe", KFP_RUN_TAG: kfp_run_id}
-    params = {k: _int(v) for k, v in dict(params or {}).items()}  # KFP hands dict numbers as 1.0
+    # None = a parameter this pipeline does not have; KFP may hand numbers as 1.0.
+    params = {k: _int(v) for k, v in dict(params or {}).items() if v is not None}
     if os.environ.get("MLFLOW_RUN_ID", "").strip():
         injected = resolve_tracker(tags=tags)  # attached: KFP owns and ends it
         injected.log_params(dict(params or {}))
@@ -178,7 +191,9 @@ def open_run(
 def close_run(*, kfp_run_id: str, status: str, experiment: str = "sparsepipe", tracking_uri: str = "") -> str:
     """The exit handler: end the parent run of ``kfp_run_id`` (and any child left running).
 
-    ``status`` is KFP's final state (``SUCCEEDED``/``FAILED``/``CANCELED``). Returns the MLflow
+    ``status`` is KFP's final state (backend: ``COMPLETE``/``FAILED``/``CANCELED``/``RUNNING``...;
+    kfp.local: ``SUCCEEDED``/...), mapped by :func:`kfp_status_to_mlflow`. Children still running
+    end ``KILLED`` when the pipeline succeeded, else with the parent's status. Returns the MLflow
     status set, or ``""`` when there was nothing to close (tracking off, injected runs, which
     the KFP backend closes itself).
     """
@@ -247,9 +262,19 @@ def _finish(result: StepResult, context: RunContext, tracker: Any) -> StepResult
     return result
 
 
-def train_device(accelerator: str) -> str:
-    """Ultralytics ``device`` for the accelerator a training task asked for: ``"0"`` or ``"cpu"``."""
-    return "0" if accelerator.strip() else "cpu"
+def train_device(accelerator: str, accelerator_count: str = "1") -> str:
+    """Ultralytics ``device`` for the accelerators a training task asked for: ``"0"`` or ``"cpu"``.
+
+    ``"cpu"`` when no accelerator type or a count of 0 was requested (Kubernetes then gives the
+    pod no GPU); else CUDA device 0 (one device per task; multi-node/multi-GPU training is
+    Kubeflow Trainer's job).
+    """
+    count = str(accelerator_count if accelerator_count is not None else "1").strip() or "0"
+    try:
+        none = float(count) == 0
+    except ValueError:
+        raise ConfigError(f"accelerator_count {accelerator_count!r} is not a number; give e.g. \"1\" or \"0\".") from None
+    return "cpu" if none or not str(accelerator or "").strip() else "0"
 
 
 def _int(value: Any) -> Any:
@@ -259,27 +284,69 @@ def _int(value: Any) -> Any:
     return value
 
 
-def _check_publish_root(ctx: RunContext) -> None:
-    """Fail before the step's work when its outputs could not be published (server, credentials, bucket).
+#: Bucket of KFP's object store and the prefix the KFP 2.17 profile controller lets a namespace's
+#: credentials write (manifests/.../pipelines-profile-controller/sync.py: ``artifacts/``,
+#: ``private-artifacts/<ns>/``, ``private/<ns>/``, ``shared/``).
+KFP_BUCKET = "mlpipeline"
+
+
+def namespace_publish_root(namespace: str, bucket: str = KFP_BUCKET) -> str:
+    """The default publish root of a KFP namespace: ``s3://mlpipeline/private/<ns>/sparsepipe``.
+
+    Without a namespace (single-user install): ``s3://mlpipeline/shared/sparsepipe``, which the
+    multi-user profile controller also allows.
+    """
+    namespace = str(namespace or "").strip()
+    if namespace and not all(c.isalnum() or c in "-." for c in namespace):
+        raise ConfigError(f"Namespace {namespace!r} is not a Kubernetes namespace name (lower case, digits, '-').")
+    return f"s3://{bucket}/private/{namespace}/sparsepipe" if namespace else f"s3://{bucket}/shared/sparsepipe"
+
+
+def check_publish_root(publish_root: str) -> None:
+    """Fail before any work when ``publish_root`` could not be written (server, credentials, bucket, prefix).
 
     SeaweedFS creates a missing bucket on the first PUT; AWS and MinIO refuse it. Either way a
-    typo in ``publish_root`` is an error here, not a new bucket.
+    typo in ``publish_root`` is an error here, not a new bucket. Then a small probe object is
+    written under the root and deleted: credentials allowed only under other prefixes (a KFP
+    multi-user namespace) fail here, in seconds, not in the upload after the step's work.
     """
+    import uuid
+
     from sparsepipe import storage
 
-    if not storage.is_s3_uri(ctx.publish_root):
+    if not storage.is_s3_uri(publish_root):
         return
-    bucket, _ = storage.split_s3_uri(ctx.publish_root)
+    bucket, prefix = storage.split_s3_uri(publish_root)
     client = storage.get_client()
     try:
         client.head_bucket(Bucket=bucket)
     except Exception as exc:  # noqa: BLE001 - turned into a StorageError that says what to fix
         if storage._error_code(exc) in ("404", "NoSuchBucket", "NotFound"):
             raise storage.StorageError(
-                f"Cannot publish to {ctx.publish_root}: bucket '{bucket}' does not exist on "
+                f"Cannot publish to {publish_root}: bucket '{bucket}' does not exist on "
                 f"{storage._endpoint_name(client)}. Create it or fix the publish_root parameter."
             ) from None
-        raise storage._storage_error(exc, ctx.publish_root, "publish to", client) from None
+        raise storage._storage_error(exc, publish_root, "publish to", client) from None
+    key = f"{prefix.strip('/')}/.sparsepipe-write-check-{uuid.uuid4().hex}".lstrip("/")
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=b"")
+    except Exception as exc:  # noqa: BLE001
+        if storage._error_code(exc) in ("AccessDenied", "403", "Forbidden"):
+            raise storage.StorageError(
+                f"Cannot publish to {publish_root}: the credentials may not write there on "
+                f"{storage._endpoint_name(client)} (AccessDenied). On a KFP multi-user cluster a namespace "
+                f"may write only under s3://{KFP_BUCKET}/private/<namespace>/ (and artifacts/, shared/): set "
+                f"publish_root to s3://{KFP_BUCKET}/private/<namespace>/sparsepipe (pipelines.submit's default)."
+            ) from None
+        raise storage._storage_error(exc, publish_root, "publish to", client) from None
+    try:
+        client.delete_object(Bucket=bucket, Key=key)
+    except Exception:  # noqa: BLE001, S110 - an empty probe left behind harms nothing
+        pass
+
+
+def _check_publish_root(ctx: RunContext) -> None:
+    check_publish_root(ctx.publish_root)
 
 
 def _run(step: str, variant: str, context: str, call: Any) -> StepResult:
@@ -309,17 +376,17 @@ def run_data(source: str, out: str, context: str = "", validate: bool = True) ->
 
 
 def run_train(model: str, data: str, out: str, context: str = "", *, epochs: int = 30, imgsz: int = 320,
-              batch: int = 16, accelerator: str = "", workers: int = 2, seed: int = 0,
-              variant: str = "baseline") -> StepResult:
+              batch: int = 16, accelerator: str = "", accelerator_count: str = "1", workers: int = 2,
+              seed: int = 0, variant: str = "baseline") -> StepResult:
     """The train step (``data``: a data step's folder) into the artifact folder ``out``.
 
-    ``accelerator`` is the Kubernetes resource the task asked for (``nvidia.com/gpu``): set,
-    training runs on CUDA device 0; empty, on CPU.
+    ``accelerator``/``accelerator_count`` are the Kubernetes resource the task asked for
+    (``nvidia.com/gpu``, ``"1"``): see :func:`train_device`.
     """
     from sparsepipe.training import TrainConfig, train
 
     # Loop items reach components as JSON numbers (160.0): integers are made integers again.
-    config = TrainConfig(epochs=_int(epochs), imgsz=_int(imgsz), batch=_int(batch), device=train_device(accelerator),
+    config = TrainConfig(epochs=_int(epochs), imgsz=_int(imgsz), batch=_int(batch), device=train_device(accelerator, accelerator_count),
                          workers=_int(workers), seed=_int(seed), variant=variant)
     return _run("train", variant, context, lambda tracker: train(model, data, out, config, tracker))
 
@@ -364,8 +431,8 @@ def resolve_recipe(recipe: str, cache_dir: Path | None = None) -> str:
 
 
 def run_sparsify(model: str, data: str, recipe: str, out: str, context: str = "", *, recipe_args: str = "",
-                 imgsz: int = 320, batch: int = 16, accelerator: str = "", workers: int = 2, seed: int = 0,
-                 max_epochs: int = 0, variant: str = "pruned") -> StepResult:
+                 imgsz: int = 320, batch: int = 16, accelerator: str = "", accelerator_count: str = "1",
+                 workers: int = 2, seed: int = 0, max_epochs: int = 0, variant: str = "pruned") -> StepResult:
     """The sparsify step (``model``: a train folder or any model reference; ``recipe``: see :func:`resolve_recipe`).
 
     ``recipe_args``: overrides as ``k=v,k2=v2`` or a JSON object; ``max_epochs`` > 0 refuses
@@ -373,7 +440,7 @@ def run_sparsify(model: str, data: str, recipe: str, out: str, context: str = ""
     """
     from sparsepipe.sparsify import SparsifyConfig, sparsify
 
-    config = SparsifyConfig(imgsz=_int(imgsz), batch=_int(batch), device=train_device(accelerator),
+    config = SparsifyConfig(imgsz=_int(imgsz), batch=_int(batch), device=train_device(accelerator, accelerator_count),
                             workers=_int(workers), seed=_int(seed), max_epochs=_int(max_epochs) or None,
                             variant=variant or "pruned")
     args = recipe_args if isinstance(recipe_args, dict) else (str(recipe_args or "").strip() or None)

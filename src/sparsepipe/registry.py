@@ -5,7 +5,10 @@
 Registration (:func:`register_model`) logs the model file (``.onnx`` and/or ``.pt``) as
 artifacts of an MLflow run (under ``registry/<variant>``), creates the registered model if it
 is missing, creates a model version from that artifact folder and optionally points an alias
-(e.g. ``champion``) at it. Nothing here imports kfp.
+(e.g. ``champion``) at it. A version with one ONNX file is an MLflow model (ONNX flavour with an
+input/output signature, :mod:`sparsepipe.mlflow_model`): ``mlflow.pyfunc.load_model``, ``mlflow
+models serve`` and KServe's MLflow runtime load it; the raw files keep their names and SHA-256
+tags. Nothing here imports kfp.
 
 Champion policy (:class:`ChampionPolicy`, :func:`choose_champion`): **the fastest variant whose
 accuracy stays within a budget of the baseline's.** A variant is eligible when it has
@@ -266,9 +269,20 @@ def register_model(
         exp_id = _get_or_create_experiment(client, experiment, server)
         run_id = client.create_run(exp_id, run_name=f"register.{variant or name}").info.run_id
     folder = f"{ARTIFACT_DIR}/{variant or 'model'}"
+    onnx_files = [f for f in files if f.suffix == ".onnx"]
     try:
-        for f in files:
-            client.log_artifact(run_id, str(f), artifact_path=folder)
+        if len(onnx_files) == 1:  # an MLflow model (ONNX flavour, signature) with the raw files beside it
+            from sparsepipe.mlflow_model import save_onnx_model
+
+            with tempfile.TemporaryDirectory(prefix="sparsepipe-register-") as tmp:
+                staged = save_onnx_model(onnx_files[0], Path(tmp) / "model")
+                for f in files:
+                    if f is not onnx_files[0]:
+                        shutil.copyfile(f, staged / f.name)
+                client.log_artifacts(run_id, str(staged), artifact_path=folder)
+        else:
+            for f in files:
+                client.log_artifact(run_id, str(f), artifact_path=folder)
         try:
             client.create_registered_model(name, description=description or None)
         except MlflowException as exc:

@@ -6,7 +6,9 @@
 Endpoints: ``POST /predict/from_files`` (multipart, field ``files``, one or more images),
 ``POST /predict`` (JSON ``{"images": [{"data": "<base64>", "name": "a.jpg"}]}``), ``GET /health``
 (the process answers), ``GET /ready`` (the model is loaded and warmed up), ``GET /metrics``
-(Prometheus text) and ``GET /openapi.json``.
+(Prometheus text) and ``GET /openapi.json``; beside them the Open Inference Protocol v2 that
+KServe clients speak (``/v2/health/live|ready``, ``/v2/models/{name}``, ``POST
+/v2/models/{name}/infer``: :mod:`sparsepipe.oip`).
 
 Inference runs off the event loop on a fixed pool of ``threads`` worker threads. At most
 ``threads + queue_size`` predict requests are admitted at once (running + waiting); one more gets
@@ -145,10 +147,12 @@ class Status(BaseModel):
     detail: str = ""
 
 
-def create_app(load_predictor: Callable[[], Any], config: ServeConfig | None = None, model_name: str = "model") -> Any:
+def create_app(load_predictor: Callable[[], Any], config: ServeConfig | None = None, model_name: str = "model",
+               v2_name: str = "") -> Any:
     """The FastAPI app. ``load_predictor()`` runs in a background thread at start-up (``/ready`` says
     when it is done) and returns an object with ``predict(arrays, conf=, iou=)`` like
-    :class:`sparsepipe.predict.Predictor`."""
+    :class:`sparsepipe.predict.Predictor`. ``v2_name`` is the model's name in the v2 routes
+    (KServe: the InferenceService name); "" = :func:`v2_model_name` of ``model_name``."""
     from contextlib import asynccontextmanager
 
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -190,9 +194,13 @@ def create_app(load_predictor: Callable[[], Any], config: ServeConfig | None = N
         metrics.errors.labels(endpoint, reason).inc()
         return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
-    routes_of = {"/predict": "application/json", "/predict/from_files": "multipart/form-data"}
+    v2_name = v2_name or v2_model_name(model_name)
+    v2_infer = f"/v2/models/{v2_name}/infer"
+    routes_of = {"/predict": "application/json", "/predict/from_files": "multipart/form-data",
+                 v2_infer: "application/json"}
 
-    known = (*routes_of, "/health", "/ready", "/metrics", "/openapi.json", "/docs")
+    known = (*routes_of, "/health", "/ready", "/metrics", "/openapi.json", "/docs", "/v2", "/v2/health/live",
+             "/v2/health/ready", f"/v2/models/{v2_name}", f"/v2/models/{v2_name}/ready")
 
     def busy_response(endpoint: str) -> Any:
         metrics.rejected.inc()
@@ -266,8 +274,13 @@ def create_app(load_predictor: Callable[[], Any], config: ServeConfig | None = N
         try:
             started = time.perf_counter()
             arrays = []
-            for name, data in blobs:
-                arrays.append((name, decode_image_bytes(data, name, config.max_pixels)))
+            for name, data in blobs:  # encoded image bytes, or an RGB array (v2 UINT8 tensors)
+                if isinstance(data, bytes):
+                    data = decode_image_bytes(data, name, config.max_pixels)
+                elif data.shape[0] * data.shape[1] > config.max_pixels:
+                    raise ImageInputError(f"{name}: {data.shape[1]}x{data.shape[0]} pixels is above the "
+                                          f"{config.max_pixels}-pixel limit.", "too_large")
+                arrays.append((name, data))
             predictor = state["predictor"]
             predictions = predictor.predict([a for _, a in arrays], conf=conf, iou=iou)
             elapsed = time.perf_counter() - started
@@ -363,7 +376,70 @@ def create_app(load_predictor: Callable[[], Any], config: ServeConfig | None = N
     async def prometheus() -> Any:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    _add_v2_routes(app, v2_name, state, admit_and_run, error, config)
     return app
+
+
+def v2_model_name(model: str) -> str:
+    """A URL-safe model name for the v2 routes: ``models:/yolo@champion`` -> ``yolo``, ``runs/x/model.onnx`` -> ``model``."""
+    import re
+    from pathlib import PurePosixPath
+
+    text = str(model)
+    if text.startswith("models:/"):
+        text = re.split(r"[@/]", text[len("models:/"):])[0]
+    else:
+        text = PurePosixPath(text.rstrip("/")).stem or "model"
+    return re.sub(r"[^A-Za-z0-9._-]", "-", text) or "model"
+
+
+def _add_v2_routes(app: Any, name: str, state: dict[str, Any], admit_and_run: Callable, error: Callable,
+                   config: ServeConfig) -> None:
+    """The Open Inference Protocol v2 routes (bodies in :mod:`sparsepipe.oip`); errors are ``{"error": ...}``."""
+    import json
+
+    from sparsepipe import oip
+
+    version = _version()
+    infer_path = f"/v2/models/{name}/infer"
+
+    def v2_error(response: Any) -> Any:
+        detail = json.loads(bytes(response.body)).get("detail", "")
+        headers = {k: v for k, v in response.headers.items() if k.lower() == "retry-after"}
+        return JSONResponse({"error": detail}, status_code=response.status_code, headers=headers)
+
+    @app.get("/v2", summary="v2 server metadata")
+    async def v2_server() -> Any:
+        return {"name": "sparsepipe", "version": version, "extensions": []}
+
+    @app.get("/v2/health/live", summary="v2 liveness")
+    async def v2_live() -> Any:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", summary="v2 readiness: the model is loaded and warmed up")
+    @app.get(f"/v2/models/{name}/ready", summary="v2 model readiness")
+    async def v2_ready() -> Any:
+        ready = state["predictor"] is not None
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @app.get(f"/v2/models/{name}", summary="v2 model metadata")
+    async def v2_metadata() -> Any:
+        return oip.model_metadata(name, version)
+
+    @app.post(infer_path, summary="v2 inference: BYTES (base64 images) or UINT8 [N, H, W, 3] in, detections out")
+    async def v2_infer(request: Request) -> Any:
+        try:
+            body = await request.json()
+        except ValueError:
+            return v2_error(error(400, "The body is not JSON.", infer_path, "validation"))
+        try:
+            blobs, conf, iou, request_id = oip.decode_request(body, config.max_images)
+        except oip.OipError as exc:
+            return v2_error(error(exc.status, str(exc), infer_path, "validation"))
+        result = await admit_and_run(infer_path, blobs, conf, iou)
+        if isinstance(result, Response):
+            return v2_error(result)
+        return oip.encode_response(result["predictions"], name, version, request_id)
 
 
 def _version() -> str:
@@ -373,7 +449,7 @@ def _version() -> str:
 
 
 def serve(model: str, config: ServeConfig, engine: str = "onnxruntime", conf: float = 0.25,
-          iou: float = 0.7) -> None:
+          iou: float = 0.7, model_name: str = "") -> None:
     """``sparsepipe serve``: load the model (local path, s3:// or models:/name@alias) and run uvicorn."""
     import uvicorn
     from PIL import Image
@@ -387,7 +463,8 @@ def serve(model: str, config: ServeConfig, engine: str = "onnxruntime", conf: fl
     if not str(model).startswith(("s3://", "models:/")):
         model = str(resolve_onnx(model))  # a wrong local path fails here, before the server starts
     Image.MAX_IMAGE_PIXELS = config.max_pixels  # PIL's own bomb guard at the same limit
-    app = create_app(lambda: Predictor(model, config=predict_config), config, model_name=str(model))
+    app = create_app(lambda: Predictor(model, config=predict_config), config, model_name=str(model),
+                     v2_name=model_name)
     print(f"sparsepipe serve: {model} on http://{config.host}:{config.port} ({config.threads} threads, queue "
           f"{config.queue_size}); /ready turns 200 once the model is loaded", flush=True)
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False,
