@@ -69,16 +69,16 @@ benchmark: $(STAMP) ## onnxruntime CPU latency of runs/export into runs/benchmar
 report: $(STAMP) ## comparison table + plot of the steps above into runs/report
 	$(BIN)/sparsepipe report --results $(RUNS)/baseline $(RUNS)/export $(RUNS)/evaluate $(RUNS)/benchmark --out $(RUNS)/report
 
-bench-sparsify: $(STAMP) ## pruning benchmark (about 40 min on 2 cores): mAP and time/epoch of pruned50/75 vs plain
+bench-sparsify: $(STAMP) ## converged baseline (60 epochs, synthetic:preset=bench, 320 px) + plain/pruned50/pruned75 (30 each) with CIs and curves; resumable, content-keyed (~3.5 h on 2 cores)
 	$(BIN)/python benchmarks/sparsify_bench.py --out $(RUNS)/bench-sparsify --epochs 60 --prune-epochs 30
 
 bench-quantize: $(STAMP) ## INT8/sparsity on every CPU engine vs ultralytics' own INT8 exports, one interleaved run (after bench-sparsify)
 	$(BIN)/python -m pip install --quiet -c images/constraints.txt -e '.[bench]'
 	$(BIN)/python benchmarks/quantize_bench.py --out $(RUNS)/bench-quantize
 
-bench: $(STAMP) ## the full comparison (issue 8): every variant x engine at 640/320, 1/2 threads, mAP, floor, plot -> docs/benchmarks.md, then the serving load test (resumable; ~45 min after bench-sparsify)
+bench: $(STAMP) ## the full comparison: every variant x engine at 640/320, 1/2 threads, mAP with CIs, Pareto plot -> docs/benchmarks.md, then the serving load test (resumable, content-keyed)
 	@$(BIN)/python -c "import nncf" 2>/dev/null || $(BIN)/python -m pip install --quiet -c images/constraints.txt -e '.[bench]'
-	@test -f $(RUNS)/bench-sparsify/pruned75/result.json || $(MAKE) bench-sparsify
+	@test -f $(RUNS)/bench-sparsify/sparsify.json || $(MAKE) bench-sparsify
 	$(BIN)/python benchmarks/bench.py --out $(RUNS)/bench --sparsify $(RUNS)/bench-sparsify $(BENCH_ARGS)
 	$(MAKE) bench-serve
 

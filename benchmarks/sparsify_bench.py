@@ -15,7 +15,9 @@ Every final checkpoint is evaluated on the same 512 val images with a bootstrap 
 and each variant gets its paired ratio to ``plain`` (same resampled images for both).
 Resumable: each step's folder is reused when it finished with the same inputs (content key:
 data definition, model, settings, recipe text, starting checkpoint; :mod:`sparsepipe.step_cache`);
-a stopped run re-does only the unfinished step. Writes ``sparsify.{md,json}`` and
+a stopped run re-does only the unfinished step. Finished steps committed under
+``benchmarks/models/<step>/`` (``--seeds``) are copied in when their key matches, so a new
+machine does not train them again (the converged baseline is ~75 min on 2 cores). Writes ``sparsify.{md,json}`` and
 ``curves.png`` (mAP50-95 per epoch of every run) into ``--out``.
 """
 
@@ -93,6 +95,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--nbs", type=int, default=16, help="ultralytics' nominal batch size (= batch: a step per batch)")
     parser.add_argument("--plateau", type=float, default=0.01, help="max relative mAP50-95 gain over the last fifth")
+    parser.add_argument("--seeds", default=str(ROOT / "benchmarks" / "models"),
+                        help="folder of finished step folders (baseline/, plain/...) to copy in when their content key matches")
     parser.add_argument("--only", default="", help="comma list of steps to run (baseline,plain,pruned50,pruned75)")
     args = parser.parse_args()
 
@@ -116,15 +120,17 @@ def main() -> None:
 
     base_config = TrainConfig(epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, extra=extra)
     base_key = content_key(step="train", model=args.model, data=data_id, config=base_config)
-    steps["baseline"] = cached_step(out / "baseline", base_key,
-                                    lambda: train(args.model, data, out / "baseline", base_config))
+    seeds = Path(args.seeds)
+    steps["baseline"] = cached_step(out / "baseline", base_key, lambda: train(args.model, data, out / "baseline", base_config),
+                                    seed=seeds / "baseline")
     base_weights = steps["baseline"].path("weights")
 
     if "plain" in wanted:
         plain_config = TrainConfig(epochs=args.prune_epochs, imgsz=args.imgsz, batch=args.batch, optimizer="SGD", lr0=0.01,
                                    extra=extra, variant="plain")
         key = content_key(step="train", model=base_weights, data=data_id, config=plain_config)
-        steps["plain"] = cached_step(out / "plain", key, lambda: train(str(base_weights), data, out / "plain", plain_config))
+        steps["plain"] = cached_step(out / "plain", key, lambda: train(str(base_weights), data, out / "plain", plain_config),
+                                     seed=seeds / "plain")
 
     end = max(1, int(args.prune_epochs * 0.6))
     shortened = f"num_epochs={args.prune_epochs},pruning_start_epoch=0,pruning_end_epoch={end}"
@@ -135,7 +141,7 @@ def main() -> None:
         key = content_key(step="sparsify", model=base_weights, data=data_id, config=config, recipe=ROOT / recipe,
                           recipe_args=shortened)
         steps[name] = cached_step(out / name, key, lambda name=name, recipe=recipe, config=config: sparsify(
-            str(base_weights), data, str(ROOT / recipe), out / name, config, recipe_args=shortened))
+            str(base_weights), data, str(ROOT / recipe), out / name, config, recipe_args=shortened), seed=seeds / name)
 
     evaluations = {}
     for name, step in steps.items():

@@ -62,3 +62,17 @@ def test_an_interrupted_step_is_made_again(tmp_path):
 def test_adopt_needs_a_finished_step(tmp_path):
     with pytest.raises(SparsepipeError, match="result.json"):
         adopt(tmp_path, content_key(step="x"))
+
+
+def test_a_seed_with_the_same_key_is_copied_in_and_one_with_another_is_ignored(tmp_path):
+    calls: list[int] = []
+    seed = tmp_path / "seed"
+    key = content_key(step="train", epochs=60)
+    cached_step(seed, key, _maker(seed, calls, 7), log=lambda _: None)
+    folder = tmp_path / "runs" / "baseline"
+    assert cached_step(folder, key, _maker(folder, calls, 8), log=lambda _: None, seed=seed).metrics["value"] == 7
+    assert calls == [7] and recorded_key(folder) == key["key"]
+    other = tmp_path / "runs" / "other"
+    changed = content_key(step="train", epochs=61)
+    assert cached_step(other, changed, _maker(other, calls, 9), log=lambda _: None, seed=seed).metrics["value"] == 9
+    assert calls == [7, 9]

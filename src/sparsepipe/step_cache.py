@@ -67,9 +67,22 @@ def recorded_key(folder: Path) -> str | None:
 
 
 def cached_step(folder: str | Path, key: dict[str, Any], make: Callable[[], StepResult],
-                log: Callable[[str], None] = print) -> StepResult:  # fmt: skip
-    """``make()``'s result, or the folder's finished result when it was made from the same ``key``."""
+                log: Callable[[str], None] = print, seed: str | Path | None = None) -> StepResult:  # fmt: skip
+    """``make()``'s result, or the folder's finished result when it was made from the same ``key``.
+
+    ``seed``: a finished step folder kept elsewhere (e.g. a checkpoint committed with the
+    benchmarks, so that a new machine need not train it again); copied in when ``folder`` holds
+    no finished result and the seed was made from the same key.
+    """
     folder = Path(folder)
+    if seed is not None and recorded_key(folder) is None and recorded_key(Path(seed)) == key["key"]:
+        import shutil
+
+        log(f"{folder.name}: copied from {seed} (finished elsewhere from the same inputs)")
+        if folder.exists():
+            folder.rename(folder.with_name(f"{folder.name}.unfinished-{time.strftime('%Y%m%d-%H%M%S')}"))
+        shutil.copytree(seed, folder.with_name(folder.name + ".seeding"))
+        folder.with_name(folder.name + ".seeding").rename(folder)
     found = recorded_key(folder)
     if found == key["key"]:
         log(f"reuse {folder.name}: finished, same inputs (key {key['key'][:12]})")
