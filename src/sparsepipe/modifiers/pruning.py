@@ -54,13 +54,17 @@ def interpolate(x: float, inter_func: str) -> float:
 
 
 def normalize_mask_type(value: Any) -> str:
-    """``unstructured`` | ``block4`` | ``N:M``; ``[1, 4]`` and ``block`` mean ``block4``."""
+    """``unstructured`` | ``block4`` | ``N:M``; ``[1, 1]`` means unstructured, ``[1, 4]`` and
+    ``block`` mean ``block4``."""
     if isinstance(value, (list, tuple)):
+        if list(value) == [1, 1]:
+            return "unstructured"  # SparseML's block shape of one weight
         if list(value) == [1, 4]:
             return "block4"
-        raise ValueError(f"mask_type {list(value)} is not supported; use [1, 4] (= block4)")
+        raise ValueError(f"mask_type {list(value)} is not supported; use [1, 1] (= unstructured) "
+                         f"or [1, 4] (= block4)")
     if not isinstance(value, str):
-        raise ValueError(f"mask_type must be a string or [1, 4], got {value!r}")
+        raise ValueError(f"mask_type must be a string, [1, 1] or [1, 4], got {value!r}")
     text = value.strip()
     if text in ("unstructured", "block4"):
         return text
@@ -135,6 +139,33 @@ class GMPruningModifier(_ParamsMixin):
     mask_type: str = Field("unstructured", description="unstructured | block4 ([1, 4]) | N:M")
     leave_enabled: bool = Field(True, description="keep enforcing masks after end_epoch")
     global_sparsity: bool = Field(False, description="one threshold over all selected tensors")
+    phased: bool = Field(False, description="legacy SparseML field; only false is accepted")
+    score_type: str = Field("magnitude", description="legacy SparseML field; only magnitude")
+
+    @field_validator("phased")
+    @classmethod
+    def _phased(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("phased: true (AC/DC pruning in old SparseML) is no longer a "
+                             "GMPruningModifier option; write '!ACDCPruningModifier' with "
+                             "compression_sparsity, start_epoch, end_epoch, update_frequency "
+                             "(the phase length) and params instead")
+        return value
+
+    @field_validator("score_type")
+    @classmethod
+    def _score_type(cls, value: str) -> str:
+        instead = {"mfac": "'!MFACPruningModifier' (same fields plus num_grads, "
+                           "fisher_block_size, damp)",
+                   "obs": "'!OBSPruningModifier' (same fields plus num_grads, "
+                          "fisher_block_size, damp)",
+                   "movement": "nothing: movement pruning is not supported, use the magnitude "
+                               "default (remove score_type)"}
+        if value != "magnitude":
+            hint = instead.get(str(value).lower(), "remove score_type (magnitude is the default)")
+            raise ValueError(f"score_type {value!r} is no longer a GMPruningModifier option "
+                             f"(SparseML removed it too); write {hint}")
+        return value
 
     @field_validator("mask_type", mode="before")
     @classmethod

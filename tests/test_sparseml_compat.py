@@ -1,0 +1,309 @@
+"""SparseML recipe features that published recipes use (issue 17), one test per feature.
+
+    .venv/bin/python -m pytest tests/test_sparseml_compat.py
+
+Every recipe here is written for these tests (none is copied from SparseML). Each feature
+loads, validates against yolov8n, and, where it changes training, runs in a tiny sparsify
+(64 px, 2 batches per epoch) whose per-batch LRs and saved sparsities are checked.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparsepipe.recipe import load_recipe_string, schedule, validate_recipe
+from sparsepipe.recipe.errors import RecipeError, RecipeSyntaxError
+
+CONFIG = dict(imgsz=64, batch=8, workers=0, plots=False)
+BACKBONE = r"re:^model\.([1-9]|1[0-9]|2[01])\..*\.conv\.weight$"
+
+
+@functools.lru_cache(maxsize=None)
+def yolov8n():
+    from ultralytics.nn.tasks import DetectionModel
+
+    return DetectionModel("yolov8n.yaml", verbose=False)
+
+
+def load(text: str):
+    return load_recipe_string(textwrap.dedent(text))
+
+
+def sparsify_run(trained, tmp_path: Path, text: str, name: str):
+    """Run ``text`` as a recipe on the tiny trained model; record every group's LR per batch."""
+    from sparsepipe.sparsify import SparsifyConfig, sparsify
+
+    lrs: list[list[float]] = []
+
+    def record(trainer):
+        lrs.append([g["lr"] for g in trainer.optimizer.param_groups])
+
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(textwrap.dedent(text))
+    result = sparsify(str(trained.train_dir), str(trained.data_dir), str(path), tmp_path / name,
+                      SparsifyConfig(**CONFIG), callbacks={"on_train_batch_end": [record]})
+    return result, lrs
+
+
+def saved_weights(result) -> dict[str, torch.Tensor]:
+    model = torch.load(str(result.path("weights")), map_location="cpu", weights_only=False)["model"]
+    return {name: p.detach().float() for name, p in model.named_parameters()}
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. parsing gaps, each loaded and validated against the model
+# ------------------------------------------------------------------------------------------------
+def test_lr_function_warm_up_from_zero_loads():
+    recipe = load("""
+        warmup_lr: 0
+        training_modifiers:
+          - !LearningRateFunctionModifier
+            lr_func: linear
+            init_lr: eval(warmup_lr)
+            final_lr: 0.01
+            start_epoch: 0
+            end_epoch: 2
+    """)
+    validate_recipe(recipe, yolov8n())
+    assert schedule.lr_at(recipe, 0.0, 0, None) == 0.0
+    assert schedule.lr_at(recipe, 1.0, 0, None) == pytest.approx(0.005)
+    with pytest.raises(RecipeError, match="init_lr"):
+        load("""
+            m_modifiers:
+              - !LearningRateFunctionModifier {init_lr: -0.1, final_lr: 0.01, end_epoch: 2}
+        """)
+
+
+def test_mask_type_list_one_by_one_is_unstructured():
+    recipe = load(f"""
+        pruning_modifiers:
+          - !GMPruningModifier
+            params: ['{BACKBONE}']
+            final_sparsity: 0.6
+            start_epoch: 0
+            end_epoch: 1
+            update_frequency: 0.5
+            mask_type: [1, 1]
+    """)
+    (mod,) = recipe.modifiers
+    assert mod.mask_type == "unstructured"
+    report = validate_recipe(recipe, yolov8n())
+    assert len(report.pruning_targets()) > 30
+    with pytest.raises(RecipeError, match=r"\[1, 1\] \(= unstructured\) or \[1, 4\]"):
+        load(f"""
+            pruning_modifiers:
+              - !GMPruningModifier {{params: __ALL_PRUNABLE__, final_sparsity: 0.5,
+                                     start_epoch: 0, end_epoch: 1, mask_type: [2, 2]}}
+        """)
+
+
+def test_cosine_warm_restarts_with_sparseml_kwarg_names():
+    recipe = load("""
+        training_modifiers:
+          - !LearningRateModifier
+            lr_class: CosineAnnealingWarmRestarts
+            lr_kwargs: {lr_min: 0.001, cycle_epochs: 2}
+            init_lr: 0.01
+            start_epoch: 0
+            end_epoch: 6
+    """)
+    validate_recipe(recipe, yolov8n())
+    (mod,) = recipe.modifiers
+    assert mod.lr_kwargs == {"eta_min": 0.001, "T_0": 2}
+    assert schedule.lr_at(recipe, 0.0, 0, None) == pytest.approx(0.01)
+    assert schedule.lr_at(recipe, 1.0, 0, None) == pytest.approx(0.001 + 0.009 / 2)  # mid-cycle
+    assert schedule.lr_at(recipe, 2.0, 0, None) == pytest.approx(0.01)  # restart
+    # the written-back recipe uses torch's names and loads to the same modifier
+    assert load(recipe.to_yaml()).modifiers == recipe.modifiers
+    with pytest.raises(RecipeError, match="both 'lr_min'"):
+        load("""
+            training_modifiers:
+              - !LearningRateModifier {lr_class: CosineAnnealingWarmRestarts, init_lr: 0.01,
+                                       lr_kwargs: {lr_min: 0.001, eta_min: 0.001, cycle_epochs: 2}}
+        """)
+
+
+def test_step_lr_and_multistep_lr_count_epochs():
+    recipe = load("""
+        training_modifiers:
+          - !LearningRateModifier
+            lr_class: StepLR
+            lr_kwargs: {step_size: 0.5, gamma: 0.5}
+            init_lr: 0.08
+            start_epoch: 1
+            end_epoch: 3
+            param_groups: [0]
+          - !LearningRateModifier
+            lr_class: MultiStepLR
+            lr_kwargs: {milestones: [1.5, 2.5], gamma: 0.1}
+            init_lr: 0.1
+            start_epoch: 1
+            end_epoch: 3
+            param_groups: [1]
+    """)
+    validate_recipe(recipe, yolov8n())
+    # StepLR: step_size in epochs from start_epoch (SparseML multiplies by steps per epoch)
+    assert [schedule.lr_at(recipe, e, 0, None) for e in (1.0, 1.25, 1.5, 2.0, 2.9)] == pytest.approx(
+        [0.08, 0.08, 0.04, 0.02, 0.01])
+    # MultiStepLR: milestones are absolute epochs
+    assert [schedule.lr_at(recipe, e, 1, None) for e in (1.0, 1.49, 1.5, 2.5)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.001])
+    # SparseML refuses milestones outside (start, end); so does sparsepipe, saying why
+    with pytest.raises(RecipeError, match="milestones .*after start_epoch"):
+        load("""
+            training_modifiers:
+              - !LearningRateModifier {lr_class: MultiStepLR, lr_kwargs: {milestones: [1, 5]},
+                                       init_lr: 0.1, start_epoch: 1, end_epoch: 4}
+        """)
+
+
+def test_legacy_gmp_fields_accepted_or_refused_with_what_to_write():
+    recipe = load(f"""
+        pruning_modifiers:
+          - !GMPruningModifier
+            params: ['{BACKBONE}']
+            init_sparsity: 0.05
+            final_sparsity: 0.5
+            start_epoch: 0
+            end_epoch: 1
+            update_frequency: 0.5
+            phased: false
+            score_type: magnitude
+            global_sparsity: false
+            log_types: __ALL__
+            leave_enabled: true
+    """)
+    validate_recipe(recipe, yolov8n())
+    assert load(recipe.to_yaml()).modifiers == recipe.modifiers
+    base = ("pruning_modifiers:\n  - !GMPruningModifier {params: __ALL_PRUNABLE__, "
+            "final_sparsity: 0.5, start_epoch: 0, end_epoch: 1, %s}\n")
+    with pytest.raises(RecipeError, match="write '!ACDCPruningModifier'"):
+        load_recipe_string(base % "phased: true")
+    with pytest.raises(RecipeError, match="write '!MFACPruningModifier'"):
+        load_recipe_string(base % "score_type: MFAC")
+    with pytest.raises(RecipeError, match="movement pruning is not supported"):
+        load_recipe_string(base % "score_type: movement")
+
+
+NEW_STAGE_FORMAT = f"""
+    num_epochs: 2
+    sparsity_stage:
+      run_type: train
+      pruning_modifiers:
+        GMPruningModifier:
+          params: ['{BACKBONE}']
+          init_sparsity: 0.05
+          final_sparsity: 0.5
+          start_epoch: 0
+          end_epoch: 1
+          update_frequency: 0.5
+          mask_type: [1, 1]
+          phased: false
+          score_type: magnitude
+      training_modifiers:
+        LearningRateFunctionModifier:
+          lr_func: linear
+          init_lr: 0
+          final_lr: 0.01
+          start_epoch: 0
+          end_epoch: eval(num_epochs)
+          param_groups: [0]
+        LearningRateModifier:
+          lr_class: CosineAnnealingWarmRestarts
+          lr_kwargs: {{lr_min: 0.0005, cycle_epochs: 1}}
+          init_lr: 0.004
+          start_epoch: 0
+          end_epoch: eval(num_epochs)
+          param_groups: [1]
+    finetune_stage:
+      training_modifiers:
+        LearningRateModifier:
+          lr_class: MultiStepLR
+          lr_kwargs: {{milestones: [0.5]}}
+          init_lr: 0.002
+          start: 0
+          end: 1
+          param_groups: [2]
+"""
+
+
+def test_new_stage_format_maps_modifier_names_to_fields():
+    recipe = load(NEW_STAGE_FORMAT)
+    assert recipe.staged and [s.name for s in recipe.stages] == ["sparsity_stage", "finetune_stage"]
+    tags = [m.tag for m in recipe.modifiers]
+    assert tags == ["GMPruningModifier", "LearningRateFunctionModifier", "LearningRateModifier",
+                    "LearningRateModifier"]
+    last = recipe.modifiers[-1]  # `start`/`end` (sparseml.core names) read as start/end_epoch
+    assert (last.start_epoch, last.end_epoch) == (2.0, 3.0)  # shifted by the first stage
+    assert recipe.num_epochs == 3
+    validate_recipe(recipe, yolov8n())
+    # written back as the list format, and loads to the same recipe
+    assert load(recipe.to_yaml()) == recipe
+    with pytest.raises(RecipeSyntaxError, match="each key must name a modifier.*GMPrunningModifier"):
+        load("""
+            a_stage:
+              pruning_modifiers:
+                GMPrunningModifier: {params: __ALL_PRUNABLE__, final_sparsity: 0.5,
+                                     start_epoch: 0, end_epoch: 1}
+        """)
+
+
+def test_modifier_list_without_dashes_says_what_is_wrong():
+    text = textwrap.dedent("""
+        training_modifiers:
+            !EpochRangeModifier
+                start_epoch: 0
+                end_epoch: 2
+
+            !GMPruningModifier
+                params: __ALL_PRUNABLE__
+                final_sparsity: 0.5
+                start_epoch: 0
+                end_epoch: 2
+    """)
+    with pytest.raises(RecipeSyntaxError) as info:
+        load_recipe_string(text)
+    message = str(info.value)
+    assert "line 3" in message and "not a list item" in message and "'- !EpochRangeModifier'" in message
+    assert "invalid YAML at" not in message
+    # one modifier without its dash is valid YAML, but not a list: the same advice
+    with pytest.raises(RecipeSyntaxError, match="Write '- ' before each modifier tag"):
+        load_recipe_string("training_modifiers:\n  !EpochRangeModifier\n    end_epoch: 2\n")
+    # the fix works
+    fixed = text.replace("    !", "  - !")
+    assert [m.tag for m in load_recipe_string(fixed).modifiers] == ["EpochRangeModifier",
+                                                                   "GMPruningModifier"]
+
+
+# ------------------------------------------------------------------------------------------------
+# the features that change training, run for real
+# ------------------------------------------------------------------------------------------------
+def test_new_stage_format_recipe_trains(trained, tmp_path):
+    """Mapping stages + init_lr 0 + lr_min/cycle_epochs + MultiStepLR + mask [1, 1] + legacy fields."""
+    result, lrs = sparsify_run(trained, tmp_path, NEW_STAGE_FORMAT, "stages")
+    recipe = load(NEW_STAGE_FORMAT)
+    batches = len(lrs) // 3
+    assert batches >= 2 and len(lrs) == 3 * batches
+    for i, groups in enumerate(lrs):
+        epoch = i / batches  # the LR was set at the start of batch i
+        for g in (0, 1, 2):
+            want = schedule.lr_at(recipe, epoch, g, None)
+            if want is not None:
+                assert groups[g] == pytest.approx(want, rel=1e-6), (i, g)
+    assert lrs[0][0] == 0.0  # the warm-up starts from zero
+    assert lrs[0][1] == pytest.approx(0.004) and lrs[batches // 2][1] < 0.004  # cosine falls...
+    assert lrs[batches][1] == pytest.approx(0.004)  # ...and restarts after cycle_epochs
+    assert lrs[2 * batches][2] == pytest.approx(0.002)  # MultiStepLR in the second stage
+    assert lrs[-1][2] == pytest.approx(0.0002) or batches == 1
+    weights = saved_weights(result)
+    targets = result.extra["targets"]
+    assert len(targets) > 30 and set(targets.values()) == {0.5}
+    for name in targets:
+        t = weights[name]
+        assert abs(int((t == 0).sum()) - round(0.5 * t.numel())) <= 1, name
