@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sparsepipe.modifiers import ACDCPruningModifier
 from sparsepipe.recipe import load_recipe_string, schedule, validate_recipe
 from sparsepipe.recipe.errors import RecipeError, RecipeSyntaxError
 
@@ -307,3 +308,86 @@ def test_new_stage_format_recipe_trains(trained, tmp_path):
     for name in targets:
         t = weights[name]
         assert abs(int((t == 0).sum()) - round(0.5 * t.numel())) <= 1, name
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. ACDCPruningModifier
+# ------------------------------------------------------------------------------------------------
+ACDC = f"""
+    training_modifiers:
+      - !LearningRateFunctionModifier {{lr_func: linear, init_lr: 0.01, final_lr: 0.002,
+                                        start_epoch: 0, end_epoch: eval(acdc_end)}}
+    pruning_modifiers:
+      - !ACDCPruningModifier
+        compression_sparsity: 0.7
+        start_epoch: 0
+        end_epoch: eval(acdc_end)
+        update_frequency: 1
+        params: ['{BACKBONE}']
+        global_sparsity: false
+    acdc_end: 4
+"""
+
+
+def test_acdc_phases_alternate_and_validate():
+    recipe = load(ACDC)
+    (acdc,) = recipe.modifiers_of(ACDCPruningModifier)
+    report = validate_recipe(recipe, yolov8n())
+    assert set(report.pruning_targets().values()) == {0.7}
+    # dense [0, 1), compressed [1, 2), dense [2, 3), compressed [3, 4), compressed from 4 on
+    assert [acdc.sparsity_at(e) for e in (0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4, 9)] == [
+        0, 0, 0.7, 0.7, 0, 0, 0.7, 0.7, 0.7, 0.7]
+    updates = schedule.mask_update_epochs(acdc, steps_per_epoch=4, until=6)
+    assert updates == [0.0, 1.0, 2.0, 3.0, 4.0]  # one mask per phase, and the final one
+    assert load(recipe.to_yaml()).modifiers == recipe.modifiers
+    for bad, match in ((ACDC.replace("update_frequency: 1", "update_frequency: 0.5"), "whole number"),
+                       (ACDC.replace("global_sparsity: false", "final_sparsity: 0.8"),
+                        "no final_sparsity.*compression_sparsity")):
+        with pytest.raises(RecipeError, match=match):
+            load(bad)
+
+
+def test_acdc_masks_and_momentum_reset_in_a_session():
+    """The real RecipeSession and MaskManager on yolov8n with a real SGD optimizer, 2 steps/epoch."""
+    import types
+
+    from ultralytics.nn.tasks import DetectionModel
+
+    from sparsepipe.recipe_session import RecipeSession
+
+    model = DetectionModel("yolov8n.yaml", verbose=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    trainer = types.SimpleNamespace(model=model, optimizer=optimizer, train_loader=[0, 1], start_epoch=0, ema=None)
+    session = RecipeSession(load(ACDC))
+    session.on_train_start(trainer)
+    name = "model.2.cv1.conv.weight"
+    param = dict(model.named_parameters())[name]
+    seen = []
+    for step in range(10):
+        session.on_train_batch_start(trainer)
+        for p in model.parameters():  # a real SGD step with a gradient on every weight
+            p.grad = torch.ones_like(p)
+        optimizer.step()
+        buffer = optimizer.state[param]["momentum_buffer"]
+        seen.append((session.epoch, float((param == 0).float().mean()), float(buffer.abs().sum())))
+        session.on_train_batch_end(trainer)
+    sparsity = {epoch: s for epoch, s, _ in seen}
+    assert sparsity[0.0] == 0 and sparsity[0.5] == 0  # dense phase
+    assert sparsity[1.0] == pytest.approx(0.7, abs=1e-3) and sparsity[1.5] == pytest.approx(0.7, abs=1e-3)
+    assert sparsity[2.0] == 0  # pruned weights train again (they got a gradient)
+    assert sparsity[3.0] == pytest.approx(0.7, abs=1e-3) and sparsity[4.0] == pytest.approx(0.7, abs=1e-3)
+    momentum = {epoch: m for epoch, _, m in seen}
+    # entering the dense phase at epoch 2 zeroed the buffers: after that step each is one gradient
+    assert momentum[2.0] == pytest.approx(param.numel(), rel=1e-4)
+    assert momentum[1.5] > 1.5 * param.numel()  # accumulated momentum before the reset
+
+
+def test_acdc_recipe_trains(trained, tmp_path):
+    text = ACDC.replace("acdc_end: 4", "acdc_end: 2")  # dense epoch 0, compressed epoch 1, then final
+    result, _ = sparsify_run(trained, tmp_path, text, "acdc")
+    weights = saved_weights(result)
+    targets = result.extra["targets"]
+    assert len(targets) > 30 and set(targets.values()) == {0.7}
+    for name in targets:
+        t = weights[name]
+        assert abs(int((t == 0).sum()) - round(0.7 * t.numel())) <= 1, name

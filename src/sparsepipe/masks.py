@@ -53,6 +53,7 @@ class MaskManager:
             elif isinstance(modifier, ConstantPruningModifier):
                 self.constants.append((modifier, list(resolve_pruning(modifier, self.model))))
         self.constant_started = [False] * len(self.constants)
+        self.reset_momentum = False  # AC/DC: a dense phase follows a compressed one
         self.masks: dict[str, "torch.Tensor"] = {}  # name -> bool keep-mask currently enforced
         self.owners: dict[str, tuple[str, int]] = {}  # name -> ("gmp" | "constant", modifier index)
 
@@ -72,6 +73,9 @@ class MaskManager:
         changed = False
         for index, (modifier, names, schedule) in enumerate(self.pruners):
             if schedule.modifier.should_update(epoch, schedule.last_update):
+                if (getattr(modifier, "momentum_buffer_reset", False) and schedule.last_update is not None
+                        and modifier.sparsity_at(schedule.last_update) > 0 and modifier.sparsity_at(epoch) == 0):
+                    self.reset_momentum = True
                 schedule.last_update = epoch
                 by_final: dict[float, list[str]] = {}
                 for name, final in names.items():
@@ -99,6 +103,21 @@ class MaskManager:
             elif self.constant_started[index] and not modifier.is_active(epoch):
                 changed |= self._release("constant", index)
         return changed
+
+    def reset_momentum_buffers(self, optimizer: Any) -> int:
+        """Zero every SGD momentum buffer of ``optimizer`` (AC/DC entering a dense phase).
+
+        Weights pruned in the compressed phase would otherwise restart with stale momentum.
+        Returns how many buffers were zeroed.
+        """
+        self.reset_momentum = False
+        count = 0
+        for state in optimizer.state.values():
+            buffer = state.get("momentum_buffer") if isinstance(state, dict) else None
+            if buffer is not None:
+                buffer.zero_()
+                count += 1
+        return count
 
     def _release(self, kind: str, index: int) -> bool:
         names = [n for n, owner in self.owners.items() if owner == (kind, index)]
@@ -135,7 +154,9 @@ class MaskManager:
             schedule.last_update = last
             if last is not None and modifier.enforced(last):
                 index = next(i for i, p in enumerate(self.pruners) if p[0] is modifier)
-                for name in names:
+                for name, final in names.items():
+                    if modifier.sparsity_at(last, final) == 0:
+                        continue  # a dense mask (AC/DC decompressed phase, or init_sparsity 0)
                     self.masks[name] = self.params[name].detach() != 0
                     self.owners[name] = ("gmp", index)
         for index, started in enumerate(state.get("constant_started", [])[: len(self.constants)]):

@@ -124,6 +124,8 @@ class RecipeSession:
             self.masks.apply()
             if getattr(trainer, "ema", None) is not None:
                 self.masks.apply(trainer.ema.ema)
+            if self.masks.reset_momentum:
+                self.masks.reset_momentum_buffers(trainer.optimizer)
 
     def on_train_batch_start(self, trainer: Any) -> None:
         self._update(trainer)

@@ -23,6 +23,7 @@ from sparsepipe.modifiers.lr import (
     weight_decay_at,
 )
 from sparsepipe.modifiers.pruning import (
+    ACDCPruningModifier,
     ConstantPruningModifier,
     GlobalMagnitudePruningModifier,
     GMPruningModifier,
@@ -38,6 +39,7 @@ from sparsepipe.modifiers.quantization import (
 )
 
 __all__ = [
+    "ACDCPruningModifier",
     "ChannelPruningModifier",
     "ConstantPruningModifier",
     "DistillationModifier",

@@ -296,6 +296,83 @@ class ConstantPruningModifier(_ParamsMixin):
         return self
 
 
+@register("ACDCPruningModifier")
+class ACDCPruningModifier(GMPruningModifier):
+    """Alternating compressed / decompressed training (AC/DC, Peste et al. 2021).
+
+    From ``start_epoch``, phases of ``update_frequency`` epochs alternate: decompressed (dense,
+    every weight trains, phase 0, 2, ...) and compressed (magnitude masks at
+    ``compression_sparsity``, computed at the phase start and enforced through it). The last
+    phase before ``end_epoch`` is always compressed, and the mask computed at ``end_epoch``
+    stays while ``leave_enabled``. With ``momentum_buffer_reset`` the optimizer's momentum
+    buffers are zeroed when a decompressed phase follows a compressed one. Epochs and the phase
+    length must be whole numbers, as in SparseML.
+    """
+
+    tag = "ACDCPruningModifier"
+    compression_sparsity: float = Field(..., description="sparsity of the compressed phases")
+    start_epoch: float = Field(..., description="epoch the first (decompressed) phase starts")
+    end_epoch: float = Field(..., description="epoch the alternation ends (compressed after it)")
+    update_frequency: float = Field(..., description="length of each phase, in whole epochs")
+    global_sparsity: bool = Field(True, description="one threshold over all selected tensors")
+    momentum_buffer_reset: bool = Field(True, description="zero SGD momentum entering a dense phase")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _as_gmp(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        gmp_only = sorted({"init_sparsity", "final_sparsity", "inter_func", "phased",
+                           "score_type"} & set(data))
+        if gmp_only:
+            raise ValueError(f"ACDCPruningModifier has no {', '.join(gmp_only)}: it alternates "
+                             f"between dense and compression_sparsity (no interpolation); set "
+                             f"compression_sparsity instead")
+        out = dict(data)
+        if "compression_sparsity" in out:
+            out["final_sparsity"] = out["compression_sparsity"]
+            out["init_sparsity"] = 0.0
+        return out
+
+    @model_validator(mode="after")
+    def _whole_epochs(self) -> "ACDCPruningModifier":
+        for name in ("start_epoch", "end_epoch", "update_frequency"):
+            value = getattr(self, name)
+            if float(value) != int(value):
+                raise ValueError(f"{name} must be a whole number of epochs for AC/DC, got {value}")
+        if self.update_frequency < 1:
+            raise ValueError("update_frequency (the phase length) must be at least 1 epoch")
+        return self
+
+    def to_tagged(self) -> Any:
+        tagged = super().to_tagged()
+        for name in ("final_sparsity", "init_sparsity"):
+            tagged.fields.pop(name, None)
+        return tagged
+
+    def phase(self, epoch: float) -> int:
+        """Index of the phase at ``epoch`` (even = decompressed unless it is the last)."""
+        return int(((epoch - self.start_epoch) + EPS) // self.update_frequency)
+
+    def sparsity_at(self, epoch: float, final: float | None = None) -> float:
+        if epoch + EPS >= self.end_epoch:
+            return self.compression_sparsity
+        if self.phase(epoch) % 2 == 0 and epoch + EPS < self.end_epoch - self.update_frequency:
+            return 0.0  # decompressed: every weight trains
+        return self.compression_sparsity
+
+    def should_update(self, epoch: float, last_update: float | None) -> bool:
+        if epoch + EPS < self.start_epoch:
+            return False
+        if last_update is None:
+            return True
+        if last_update + EPS >= self.end_epoch:
+            return False
+        if epoch + EPS >= self.end_epoch:
+            return True
+        return self.phase(epoch) != self.phase(last_update)
+
+
 PRUNING_MODIFIERS = (GMPruningModifier, ConstantPruningModifier)
 
 
