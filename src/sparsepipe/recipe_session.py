@@ -117,6 +117,9 @@ class RecipeSession:
             self.masks.apply()
         masks = self.masks
         trainer.optimizer.register_step_post_hook(lambda optimizer, args, kwargs: masks.apply())
+        if masks.needs_gradients:  # OBS / M-FAC estimate the Fisher from training gradients
+            trainer.optimizer.register_step_pre_hook(
+                lambda optimizer, args, kwargs: masks.collect_gradients(self.epoch, self.batches_per_epoch))
         self._update(trainer)
 
     def _update(self, trainer: Any) -> None:

@@ -31,6 +31,7 @@ from sparsepipe.modifiers.pruning import (
     global_magnitude_masks,
     magnitude_mask,
 )
+from sparsepipe.modifiers.second_order import MFACPruningModifier, OBSPruningModifier
 from sparsepipe.modifiers.quantization import (
     LegacyQuantizationModifier,
     QuantizationArgs,
@@ -49,6 +50,8 @@ __all__ = [
     "LearningRateFunctionModifier",
     "LearningRateModifier",
     "LegacyQuantizationModifier",
+    "MFACPruningModifier",
+    "OBSPruningModifier",
     "MagnitudePruningModifier",
     "Modifier",
     "PerLayerDistillationModifier",
