@@ -114,6 +114,39 @@ def test_real_answers_both_endpoints(server, trained):
     assert answer.json()["predictions"][0]["detections"] == []  # conf 0.9 from the request drops every box
 
 
+def test_deepsparse_client_request_works_as_written(server, trained):
+    """DeepSparse's documented client, unchanged: multipart field `request`, read boxes/scores/labels."""
+    import requests
+
+    files = _val_files(trained)
+    direct = Predictor(trained.export_dir / "model.onnx", conf=1e-4).predict([str(f) for f in files])
+    with open(files[0], "rb") as one, open(files[1], "rb") as two:
+        resp = requests.post(server.url + "/predict/from_files", files=[("request", one), ("request", two)],
+                             timeout=60)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert set(body) >= {"boxes", "scores", "labels"}
+    assert len(body["boxes"]) == len(body["scores"]) == len(body["labels"]) == 2  # one list per image
+    for i, want in enumerate(direct):
+        dets = [d.to_dict() for d in want.detections]
+        assert dets
+        assert body["boxes"][i] == [d["box"] for d in dets]
+        assert body["scores"][i] == [d["score"] for d in dets]
+        assert body["labels"][i] == [d["label"] for d in dets]
+        assert body["class_ids"][i] == [d["class_id"] for d in dets]
+        for box in body["boxes"][i]:
+            assert len(box) == 4 and box[0] <= box[2] and box[1] <= box[3]
+    # today's field still answers in sparsepipe's shape, and mixing the two is refused clearly
+    good = files[0].read_bytes()
+    today = server.client.post("/predict/from_files", files=[("files", ("a.jpg", good, "image/jpeg"))])
+    assert today.status_code == 200 and "predictions" in today.json()
+    both = server.client.post("/predict/from_files", files=[("files", ("a.jpg", good, "image/jpeg")),
+                                                            ("request", ("b.jpg", good, "image/jpeg"))])
+    assert both.status_code == 422 and "not both" in both.json()["detail"]
+    bad = requests.post(server.url + "/predict/from_files", files=[("request", ("x.txt", b"hello"))], timeout=60)
+    assert bad.status_code == 422 and "Traceback" not in bad.json()["detail"]
+
+
 def _jpeg(size=(96, 64)) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (size[1], size[0], 3), np.uint8)).save(buf, "JPEG")

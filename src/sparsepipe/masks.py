@@ -25,6 +25,7 @@ from sparsepipe.modifiers.pruning import (
     global_magnitude_masks,
     magnitude_mask,
 )
+from sparsepipe.modifiers.second_order import SECOND_ORDER_MODIFIERS, second_order_prune
 from sparsepipe.recipe.schedule import MaskSchedule
 from sparsepipe.recipe.validate import resolve_pruning
 
@@ -53,6 +54,11 @@ class MaskManager:
             elif isinstance(modifier, ConstantPruningModifier):
                 self.constants.append((modifier, list(resolve_pruning(modifier, self.model))))
         self.constant_started = [False] * len(self.constants)
+        self.reset_momentum = False  # AC/DC: a dense phase follows a compressed one
+        # OBS / M-FAC: recent training gradients of their tensors, index -> name -> [flat grads]
+        self.grads: dict[int, dict[str, list["torch.Tensor"]]] = {
+            i: {n: [] for n in names} for i, (m, names, _) in enumerate(self.pruners)
+            if isinstance(m, SECOND_ORDER_MODIFIERS)}
         self.masks: dict[str, "torch.Tensor"] = {}  # name -> bool keep-mask currently enforced
         self.owners: dict[str, tuple[str, int]] = {}  # name -> ("gmp" | "constant", modifier index)
 
@@ -72,13 +78,25 @@ class MaskManager:
         changed = False
         for index, (modifier, names, schedule) in enumerate(self.pruners):
             if schedule.modifier.should_update(epoch, schedule.last_update):
+                if (getattr(modifier, "momentum_buffer_reset", False) and schedule.last_update is not None
+                        and modifier.sparsity_at(schedule.last_update) > 0 and modifier.sparsity_at(epoch) == 0):
+                    self.reset_momentum = True
                 schedule.last_update = epoch
                 by_final: dict[float, list[str]] = {}
                 for name, final in names.items():
                     by_final.setdefault(final, []).append(name)
                 for final, group in by_final.items():
                     sparsity = min(max(modifier.sparsity_at(epoch, final), 0.0), 1.0)
-                    if modifier.global_sparsity:
+                    if index in self.grads:
+                        buffers = self.grads[index]
+                        new = second_order_prune(
+                            modifier, {n: self.params[n] for n in group},
+                            {n: torch.stack(buffers[n]) if buffers[n] else None for n in group},
+                            {n: self.masks[n] for n in group if n in self.masks},
+                            {n: sparsity for n in group})
+                        for n in group:
+                            buffers[n].clear()  # fresh gradients for the next step, as SparseML
+                    elif modifier.global_sparsity:
                         new = global_magnitude_masks({n: self.params[n] for n in group}, sparsity)
                     else:
                         new = {n: magnitude_mask(self.params[n], sparsity, modifier.mask_type) for n in group}
@@ -99,6 +117,59 @@ class MaskManager:
             elif self.constant_started[index] and not modifier.is_active(epoch):
                 changed |= self._release("constant", index)
         return changed
+
+    @property
+    def needs_gradients(self) -> bool:
+        return bool(self.grads)
+
+    def collect_gradients(self, epoch: float, steps_per_epoch: int) -> None:
+        """Keep the gradients of the last ``num_grads`` steps before each OBS/M-FAC update.
+
+        Called before every optimizer step (gradients are unscaled then). The gradient of a
+        weight that is already pruned is stored as zero, which restricts the Fisher to the
+        weights still alive.
+        """
+        for index, buffers in self.grads.items():
+            modifier, names, schedule = self.pruners[index]
+            last = schedule.last_update
+            if last is not None and last + 1e-9 >= modifier.end_epoch:
+                continue  # no update left
+            if last is None:
+                nxt = max(modifier.start_epoch, epoch)
+            elif modifier.update_frequency == -1:
+                nxt = epoch
+            else:
+                nxt = min(last + modifier.update_frequency, modifier.end_epoch)
+            sparsity = modifier.sparsity_at(nxt)
+            wanted = modifier.grads_for(sparsity)
+            if (nxt - epoch) * steps_per_epoch > wanted + 1e-6:
+                continue  # too early: only the most recent gradients are kept
+            for name in names:
+                grad = self.params[name].grad
+                if grad is None:
+                    continue
+                g = grad.detach().reshape(-1).float().cpu().clone()
+                keep = self.masks.get(name)
+                if keep is not None:
+                    g.mul_(keep.reshape(-1).cpu())
+                bucket = buffers[name]
+                bucket.append(g)
+                del bucket[: max(0, len(bucket) - wanted)]
+
+    def reset_momentum_buffers(self, optimizer: Any) -> int:
+        """Zero every SGD momentum buffer of ``optimizer`` (AC/DC entering a dense phase).
+
+        Weights pruned in the compressed phase would otherwise restart with stale momentum.
+        Returns how many buffers were zeroed.
+        """
+        self.reset_momentum = False
+        count = 0
+        for state in optimizer.state.values():
+            buffer = state.get("momentum_buffer") if isinstance(state, dict) else None
+            if buffer is not None:
+                buffer.zero_()
+                count += 1
+        return count
 
     def _release(self, kind: str, index: int) -> bool:
         names = [n for n, owner in self.owners.items() if owner == (kind, index)]
@@ -135,7 +206,9 @@ class MaskManager:
             schedule.last_update = last
             if last is not None and modifier.enforced(last):
                 index = next(i for i, p in enumerate(self.pruners) if p[0] is modifier)
-                for name in names:
+                for name, final in names.items():
+                    if modifier.sparsity_at(last, final) == 0:
+                        continue  # a dense mask (AC/DC decompressed phase, or init_sparsity 0)
                     self.masks[name] = self.params[name].detach() != 0
                     self.owners[name] = ("gmp", index)
         for index, started in enumerate(state.get("constant_started", [])[: len(self.constants)]):

@@ -117,6 +117,9 @@ class RecipeSession:
             self.masks.apply()
         masks = self.masks
         trainer.optimizer.register_step_post_hook(lambda optimizer, args, kwargs: masks.apply())
+        if masks.needs_gradients:  # OBS / M-FAC estimate the Fisher from training gradients
+            trainer.optimizer.register_step_pre_hook(
+                lambda optimizer, args, kwargs: masks.collect_gradients(self.epoch, self.batches_per_epoch))
         self._update(trainer)
 
     def _update(self, trainer: Any) -> None:
@@ -124,6 +127,8 @@ class RecipeSession:
             self.masks.apply()
             if getattr(trainer, "ema", None) is not None:
                 self.masks.apply(trainer.ema.ema)
+            if self.masks.reset_momentum:
+                self.masks.reset_momentum_buffers(trainer.optimizer)
 
     def on_train_batch_start(self, trainer: Any) -> None:
         self._update(trainer)

@@ -3,7 +3,8 @@
     sparsepipe serve runs/export/model.onnx --host 127.0.0.1 --port 8080 --threads 2 --queue-size 8
     curl -F files=@img.jpg http://127.0.0.1:8080/predict/from_files
 
-Endpoints: ``POST /predict/from_files`` (multipart, field ``files``, one or more images),
+Endpoints: ``POST /predict/from_files`` (multipart, field ``files``, one or more images; DeepSparse
+clients' field ``request`` gets DeepSparse's YOLO answer ``{boxes, scores, labels}``),
 ``POST /predict`` (JSON ``{"images": [{"data": "<base64>", "name": "a.jpg"}]}``), ``GET /health``
 (the process answers), ``GET /ready`` (the model is loaded and warmed up), ``GET /metrics``
 (Prometheus text) and ``GET /openapi.json``; beside them the Open Inference Protocol v2 that
@@ -325,23 +326,36 @@ def create_app(load_predictor: Callable[[], Any], config: ServeConfig | None = N
                 503: {"description": "queue full or model not loaded yet (see Retry-After)", "model": Status}}
 
     @app.post("/predict/from_files", response_model=PredictResponse, responses=too_many, response_model_exclude_none=True,
-              summary="Predict on uploaded image files (multipart field `files`)")
-    async def predict_from_files(files: list[UploadFile] = File(..., description="one or more image files")) -> Any:  # noqa: B008
+              summary="Predict on uploaded image files (multipart field `files`; DeepSparse's field `request` "
+                      "answers in DeepSparse's YOLO shape)")
+    async def predict_from_files(
+        files: list[UploadFile] | None = File(None, description="one or more image files"),  # noqa: B008
+        request: list[UploadFile] | None = File(  # noqa: B008
+            None, description="DeepSparse server's field name: the answer is DeepSparse's YOLO output "
+                              "{boxes, scores, labels}, one list per image"),
+    ) -> Any:
         endpoint = "/predict/from_files"
-        if not files:
-            return error(422, "No files in the request; send one or more multipart fields named 'files'.", endpoint,
-                         "empty")
-        if len(files) > config.max_images:
-            return error(413, f"{len(files)} images in one request; the limit is {config.max_images}.", endpoint,
+        if files and request:
+            return error(422, "Send the images either as 'files' (sparsepipe's answer) or as 'request' "
+                         "(DeepSparse's field and answer shape), not both.", endpoint, "validation")
+        uploads = files or request or []
+        if not uploads:
+            return error(422, "No files in the request; send one or more multipart fields named 'files' "
+                         "(or 'request', as DeepSparse clients do).", endpoint, "empty")
+        if len(uploads) > config.max_images:
+            return error(413, f"{len(uploads)} images in one request; the limit is {config.max_images}.", endpoint,
                          "too_many_images")
         blobs, total = [], 0
-        for i, upload in enumerate(files):
+        for i, upload in enumerate(uploads):
             data = await upload.read(max_bytes + 1)
             total += len(data)
             if total > max_bytes:
                 return error(413, f"The uploaded files exceed the {max_bytes}-byte limit.", endpoint, "body_too_large")
             blobs.append((upload.filename or f"file{i}", data))
-        return await admit_and_run(endpoint, blobs, None, None)
+        result = await admit_and_run(endpoint, blobs, None, None)
+        if files or not isinstance(result, dict):
+            return result
+        return JSONResponse(deepsparse_yolo_output(result))
 
     @app.post("/predict", response_model=PredictResponse, responses=too_many, response_model_exclude_none=True,
               summary="Predict on base64-encoded images in a JSON body")
@@ -440,6 +454,20 @@ def _add_v2_routes(app: Any, name: str, state: dict[str, Any], admit_and_run: Ca
         if isinstance(result, Response):
             return v2_error(result)
         return oip.encode_response(result["predictions"], name, version, request_id)
+
+
+def deepsparse_yolo_output(result: dict[str, Any]) -> dict[str, Any]:
+    """DeepSparse's YOLO pipeline output from a sparsepipe answer: per image, a list of boxes
+    ``[x1, y1, x2, y2]`` in original pixels, a list of scores and a list of labels (class names,
+    as DeepSparse returns them when it knows the class names), plus ``class_ids``."""
+    out: dict[str, Any] = {"boxes": [], "scores": [], "labels": [], "class_ids": []}
+    for prediction in result["predictions"]:
+        detections = prediction["detections"]
+        out["boxes"].append([list(d["box"]) for d in detections])
+        out["scores"].append([d["score"] for d in detections])
+        out["labels"].append([d["label"] for d in detections])
+        out["class_ids"].append([d["class_id"] for d in detections])
+    return out
 
 
 def _version() -> str:

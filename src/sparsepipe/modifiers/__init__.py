@@ -23,6 +23,7 @@ from sparsepipe.modifiers.lr import (
     weight_decay_at,
 )
 from sparsepipe.modifiers.pruning import (
+    ACDCPruningModifier,
     ConstantPruningModifier,
     GlobalMagnitudePruningModifier,
     GMPruningModifier,
@@ -30,6 +31,7 @@ from sparsepipe.modifiers.pruning import (
     global_magnitude_masks,
     magnitude_mask,
 )
+from sparsepipe.modifiers.second_order import MFACPruningModifier, OBSPruningModifier
 from sparsepipe.modifiers.quantization import (
     LegacyQuantizationModifier,
     QuantizationArgs,
@@ -38,6 +40,7 @@ from sparsepipe.modifiers.quantization import (
 )
 
 __all__ = [
+    "ACDCPruningModifier",
     "ChannelPruningModifier",
     "ConstantPruningModifier",
     "DistillationModifier",
@@ -47,6 +50,8 @@ __all__ = [
     "LearningRateFunctionModifier",
     "LearningRateModifier",
     "LegacyQuantizationModifier",
+    "MFACPruningModifier",
+    "OBSPruningModifier",
     "MagnitudePruningModifier",
     "Modifier",
     "PerLayerDistillationModifier",

@@ -89,7 +89,7 @@ class LearningRateFunctionModifier(_LRModifier):
 
     tag = "LearningRateFunctionModifier"
     lr_func: Literal["linear", "cosine", "cyclic_linear"] = Field("linear", description="shape")
-    init_lr: float = Field(..., gt=0, description="LR at start_epoch")
+    init_lr: float = Field(..., ge=0, description="LR at start_epoch (0 = a warm-up from zero)")
     final_lr: float = Field(..., ge=0, description="LR at end_epoch")
     start_epoch: float = Field(0.0, description="first epoch of the schedule")
     end_epoch: float = Field(..., description="last epoch of the schedule (must be set)")
@@ -132,9 +132,12 @@ _SCHEDULERS = ("StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingWarmRes
 class LearningRateModifier(_LRModifier):
     """A torch LR scheduler class driven by epochs (YOLOv3-era recipes).
 
-    ``lr_class`` and ``lr_kwargs``: StepLR(step_size, gamma=0.1), MultiStepLR(milestones,
-    gamma=0.1; milestones are absolute epochs), ExponentialLR(gamma; per epoch),
-    CosineAnnealingWarmRestarts(T_0, T_mult=1, eta_min=0), ConstantLR (keeps init_lr).
+    ``lr_class`` and ``lr_kwargs``: StepLR(step_size in epochs, gamma=0.1), MultiStepLR(milestones,
+    gamma=0.1; milestones are absolute epochs strictly inside [start, end)), ExponentialLR(gamma;
+    per epoch), CosineAnnealingWarmRestarts(T_0 or SparseML's cycle_epochs, T_mult=1, eta_min or
+    SparseML's lr_min = 0), ConstantLR (keeps init_lr). SparseML converts these epochs to
+    optimizer steps (``round(step_size * steps_per_epoch)``); here the decays happen at the
+    exact epochs, which is the same step whenever ``step_size * steps_per_epoch`` is whole.
     """
 
     tag = "LearningRateModifier"
@@ -145,6 +148,26 @@ class LearningRateModifier(_LRModifier):
     start_epoch: float = Field(0.0, description="epoch the scheduler starts")
     update_frequency: float = Field(-1.0, description="accepted for SparseML compatibility")
     constant_logging: bool = Field(False, description="accepted for SparseML compatibility")
+
+    @field_validator("lr_kwargs", mode="before")
+    @classmethod
+    def _sparseml_names(cls, value: Any) -> Any:
+        """SparseML's names for CosineAnnealingWarmRestarts: ``lr_min`` and ``cycle_epochs``.
+
+        SparseML renames them to torch's ``eta_min`` and ``T_0`` before building the
+        scheduler; recipes contain SparseML's names, so both spellings are read here.
+        """
+        if not isinstance(value, dict):
+            return value
+        out = dict(value)
+        for sparseml, torch_name in (("lr_min", "eta_min"), ("cycle_epochs", "T_0")):
+            if sparseml in out:
+                if torch_name in out:
+                    raise ValueError(f"lr_kwargs has both '{sparseml}' (SparseML's name) and "
+                                     f"'{torch_name}' (torch's name) for the same argument; "
+                                     f"keep one")
+                out[torch_name] = out.pop(sparseml)
+        return out
 
     @model_validator(mode="after")
     def _kwargs(self) -> "LearningRateModifier":
@@ -177,6 +200,12 @@ class LearningRateModifier(_LRModifier):
             if not isinstance(ms, list) or not all(
                     isinstance(m, (int, float)) and not isinstance(m, bool) for m in ms):
                 raise ValueError(f"lr_kwargs milestones must be a list of epochs, got {ms!r}")
+            outside = [m for m in ms if m <= self.start or m >= self.end]
+            if outside:
+                raise ValueError(
+                    f"lr_kwargs milestones {outside} must lie after start_epoch "
+                    f"({self.start_epoch}) and before end_epoch ({self.end_epoch}); milestones "
+                    f"are absolute epochs of the whole run, as in SparseML")
         if self.lr_class == "CosineAnnealingWarmRestarts":
             number("T_0", 1e-3)
             number("T_mult", 1, 1)
@@ -184,6 +213,14 @@ class LearningRateModifier(_LRModifier):
             if float(k.get("T_mult", 1)) != int(k.get("T_mult", 1)):
                 raise ValueError("lr_kwargs T_mult must be a whole number >= 1")
         return self
+
+    def shifted(self, offset: float) -> "LearningRateModifier":
+        """Staged recipes: milestones are epochs of the stage, so they move with it."""
+        moved = super().shifted(offset)
+        if offset and self.lr_class == "MultiStepLR":
+            kwargs = dict(self.lr_kwargs, milestones=[m + offset for m in self.lr_kwargs["milestones"]])
+            moved = moved.model_copy(update={"lr_kwargs": kwargs})
+        return moved
 
     def lr_at(self, epoch: float) -> float:
         k = self.lr_kwargs

@@ -54,13 +54,17 @@ def interpolate(x: float, inter_func: str) -> float:
 
 
 def normalize_mask_type(value: Any) -> str:
-    """``unstructured`` | ``block4`` | ``N:M``; ``[1, 4]`` and ``block`` mean ``block4``."""
+    """``unstructured`` | ``block4`` | ``N:M``; ``[1, 1]`` means unstructured, ``[1, 4]`` and
+    ``block`` mean ``block4``."""
     if isinstance(value, (list, tuple)):
+        if list(value) == [1, 1]:
+            return "unstructured"  # SparseML's block shape of one weight
         if list(value) == [1, 4]:
             return "block4"
-        raise ValueError(f"mask_type {list(value)} is not supported; use [1, 4] (= block4)")
+        raise ValueError(f"mask_type {list(value)} is not supported; use [1, 1] (= unstructured) "
+                         f"or [1, 4] (= block4)")
     if not isinstance(value, str):
-        raise ValueError(f"mask_type must be a string or [1, 4], got {value!r}")
+        raise ValueError(f"mask_type must be a string, [1, 1] or [1, 4], got {value!r}")
     text = value.strip()
     if text in ("unstructured", "block4"):
         return text
@@ -135,6 +139,33 @@ class GMPruningModifier(_ParamsMixin):
     mask_type: str = Field("unstructured", description="unstructured | block4 ([1, 4]) | N:M")
     leave_enabled: bool = Field(True, description="keep enforcing masks after end_epoch")
     global_sparsity: bool = Field(False, description="one threshold over all selected tensors")
+    phased: bool = Field(False, description="legacy SparseML field; only false is accepted")
+    score_type: str = Field("magnitude", description="legacy SparseML field; only magnitude")
+
+    @field_validator("phased")
+    @classmethod
+    def _phased(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("phased: true (AC/DC pruning in old SparseML) is no longer a "
+                             "GMPruningModifier option; write '!ACDCPruningModifier' with "
+                             "compression_sparsity, start_epoch, end_epoch, update_frequency "
+                             "(the phase length) and params instead")
+        return value
+
+    @field_validator("score_type")
+    @classmethod
+    def _score_type(cls, value: str) -> str:
+        instead = {"mfac": "'!MFACPruningModifier' (same fields plus num_grads, "
+                           "fisher_block_size, damp)",
+                   "obs": "'!OBSPruningModifier' (same fields plus num_grads, "
+                          "fisher_block_size, damp)",
+                   "movement": "nothing: movement pruning is not supported, use the magnitude "
+                               "default (remove score_type)"}
+        if value != "magnitude":
+            hint = instead.get(str(value).lower(), "remove score_type (magnitude is the default)")
+            raise ValueError(f"score_type {value!r} is no longer a GMPruningModifier option "
+                             f"(SparseML removed it too); write {hint}")
+        return value
 
     @field_validator("mask_type", mode="before")
     @classmethod
@@ -263,6 +294,83 @@ class ConstantPruningModifier(_ParamsMixin):
         if not self.params:
             raise ValueError("params is required, e.g. ['re:^((?!dfl).)*$'] or __ALL_PRUNABLE__")
         return self
+
+
+@register("ACDCPruningModifier")
+class ACDCPruningModifier(GMPruningModifier):
+    """Alternating compressed / decompressed training (AC/DC, Peste et al. 2021).
+
+    From ``start_epoch``, phases of ``update_frequency`` epochs alternate: decompressed (dense,
+    every weight trains, phase 0, 2, ...) and compressed (magnitude masks at
+    ``compression_sparsity``, computed at the phase start and enforced through it). The last
+    phase before ``end_epoch`` is always compressed, and the mask computed at ``end_epoch``
+    stays while ``leave_enabled``. With ``momentum_buffer_reset`` the optimizer's momentum
+    buffers are zeroed when a decompressed phase follows a compressed one. Epochs and the phase
+    length must be whole numbers, as in SparseML.
+    """
+
+    tag = "ACDCPruningModifier"
+    compression_sparsity: float = Field(..., description="sparsity of the compressed phases")
+    start_epoch: float = Field(..., description="epoch the first (decompressed) phase starts")
+    end_epoch: float = Field(..., description="epoch the alternation ends (compressed after it)")
+    update_frequency: float = Field(..., description="length of each phase, in whole epochs")
+    global_sparsity: bool = Field(True, description="one threshold over all selected tensors")
+    momentum_buffer_reset: bool = Field(True, description="zero SGD momentum entering a dense phase")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _as_gmp(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        gmp_only = sorted({"init_sparsity", "final_sparsity", "inter_func", "phased",
+                           "score_type"} & set(data))
+        if gmp_only:
+            raise ValueError(f"ACDCPruningModifier has no {', '.join(gmp_only)}: it alternates "
+                             f"between dense and compression_sparsity (no interpolation); set "
+                             f"compression_sparsity instead")
+        out = dict(data)
+        if "compression_sparsity" in out:
+            out["final_sparsity"] = out["compression_sparsity"]
+            out["init_sparsity"] = 0.0
+        return out
+
+    @model_validator(mode="after")
+    def _whole_epochs(self) -> "ACDCPruningModifier":
+        for name in ("start_epoch", "end_epoch", "update_frequency"):
+            value = getattr(self, name)
+            if float(value) != int(value):
+                raise ValueError(f"{name} must be a whole number of epochs for AC/DC, got {value}")
+        if self.update_frequency < 1:
+            raise ValueError("update_frequency (the phase length) must be at least 1 epoch")
+        return self
+
+    def to_tagged(self) -> Any:
+        tagged = super().to_tagged()
+        for name in ("final_sparsity", "init_sparsity"):
+            tagged.fields.pop(name, None)
+        return tagged
+
+    def phase(self, epoch: float) -> int:
+        """Index of the phase at ``epoch`` (even = decompressed unless it is the last)."""
+        return int(((epoch - self.start_epoch) + EPS) // self.update_frequency)
+
+    def sparsity_at(self, epoch: float, final: float | None = None) -> float:
+        if epoch + EPS >= self.end_epoch:
+            return self.compression_sparsity
+        if self.phase(epoch) % 2 == 0 and epoch + EPS < self.end_epoch - self.update_frequency:
+            return 0.0  # decompressed: every weight trains
+        return self.compression_sparsity
+
+    def should_update(self, epoch: float, last_update: float | None) -> bool:
+        if epoch + EPS < self.start_epoch:
+            return False
+        if last_update is None:
+            return True
+        if last_update + EPS >= self.end_epoch:
+            return False
+        if epoch + EPS >= self.end_epoch:
+            return True
+        return self.phase(epoch) != self.phase(last_update)
 
 
 PRUNING_MODIFIERS = (GMPruningModifier, ConstantPruningModifier)

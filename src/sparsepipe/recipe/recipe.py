@@ -285,6 +285,14 @@ def _split(data: dict[str, Any], where: str) -> tuple[dict[str, Any], dict[str, 
         if _is_modifier_key(key):
             if value is None:
                 value = []
+            if isinstance(value, TaggedModifier):
+                raise RecipeSyntaxError(
+                    f"{where}: '{key}' holds one '!{value.tag}' that is not a list item. Write "
+                    f"'- ' before each modifier tag ('  - !{value.tag}'), so that '{key}' is a "
+                    f"list of modifiers."
+                )
+            if isinstance(value, dict):
+                value = _mapping_modifiers(value, f"{where}: '{key}'")
             if not isinstance(value, list) or not all(isinstance(v, TaggedModifier) for v in value):
                 raise RecipeSyntaxError(
                     f"{where}: '{key}' must be a list of tagged modifiers like "
@@ -310,6 +318,44 @@ def _split(data: dict[str, Any], where: str) -> tuple[dict[str, Any], dict[str, 
             )
         variables[key] = value
     return variables, lists
+
+
+# Field names of SparseML's newer (sparseml.core) modifiers, read as the recipe-format names.
+MAPPING_FIELD_ALIASES = {"start": "start_epoch", "end": "end_epoch", "update": "update_frequency",
+                         "targets": "params"}
+
+
+def _mapping_modifiers(value: dict[Any, Any], where: str) -> list[TaggedModifier]:
+    """SparseML's newer stage format: ``{ModifierName: {fields}}`` instead of a ``!Tag`` list.
+
+    Each key names a modifier (the tag without ``!``); its value holds the fields. The newer
+    field names ``start``, ``end``, ``update`` and ``targets`` are read as ``start_epoch``,
+    ``end_epoch``, ``update_frequency`` and ``params``.
+    """
+    from sparsepipe.recipe.registry import known_tags, lookup
+
+    out = []
+    for name, fields in value.items():
+        if isinstance(fields, TaggedModifier) or not isinstance(name, str) or lookup(name) is None:
+            raise RecipeSyntaxError(
+                f"{where}: in the mapping form each key must name a modifier, got {name!r}. "
+                f"Known modifiers: {', '.join(known_tags())}. (Or write a list of "
+                f"'- !Modifier {{...}}' items.)"
+            )
+        if fields is None:
+            fields = {}
+        if not isinstance(fields, dict) or not all(isinstance(k, str) for k in fields):
+            raise RecipeSyntaxError(f"{where}: '{name}' must map to its fields, e.g. "
+                                    f"'{name}: {{start_epoch: 0}}'.")
+        renamed: dict[str, Any] = {}
+        for k, v in fields.items():
+            target = MAPPING_FIELD_ALIASES.get(k, k)
+            if target in renamed:
+                raise RecipeSyntaxError(f"{where}: '{name}' sets '{target}' twice (as '{k}' and "
+                                        f"under its other name); keep one.")
+            renamed[target] = v
+        out.append(TaggedModifier(name, renamed, 0))
+    return out
 
 
 def _is_stage(value: Any) -> bool:

@@ -215,6 +215,14 @@ def load_yaml(text: str, source: str = "recipe") -> Any:
         _check_graph(node, source)
         return loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
+        dashless = _dashless_modifier(text)
+        if dashless is not None:
+            line, tag = dashless
+            raise RecipeSyntaxError(
+                f"{source}: line {line}: the modifier '!{tag}' is not a list item. Every modifier "
+                f"in a '*_modifiers' list starts with '- ' (write '- !{tag}', with its fields "
+                f"indented below it); without the dashes YAML cannot read two modifiers in a row."
+            ) from None
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
         raise RecipeSyntaxError(
@@ -230,6 +238,24 @@ def load_yaml(text: str, source: str = "recipe") -> Any:
     finally:
         if loader is not None:
             loader.dispose()
+
+
+_TAG_LINE_RE = re.compile(r"^[ \t]*!([A-Za-z_][A-Za-z0-9_]*)\b")
+
+
+def _dashless_modifier(text: str) -> tuple[int, str] | None:
+    """(line, tag) of a known modifier tag that starts a line without '- ', if any.
+
+    A widely copied guide writes modifier lists without dashes; YAML then fails at the second
+    tag with a confusing message, so the loader names the real problem instead.
+    """
+    from sparsepipe.recipe.registry import lookup
+
+    for number, line in enumerate(text.splitlines(), start=1):
+        match = _TAG_LINE_RE.match(line)
+        if match and lookup(match.group(1)) is not None:
+            return number, match.group(1)
+    return None
 
 
 class RecipeDumper(yaml.SafeDumper):
