@@ -112,3 +112,17 @@ def replay(spec: dict, pipeline_inputs: dict) -> dict[str, tuple[dict, dict]]:
 
     walk(spec["root"], dict(pipeline_inputs), "")
     return out
+
+
+def compile_without_image_overrides(out):
+    """Compile both pipelines into ``out`` with SPARSEPIPE_IMAGE/_TRAIN_IMAGE unset (the goldens'
+    images); returns the written paths."""
+    import os
+
+    from pipelines import compile as compile_mod
+
+    env_backup = {k: os.environ.pop(k, None) for k in ("SPARSEPIPE_IMAGE", "SPARSEPIPE_TRAIN_IMAGE")}
+    try:
+        return compile_mod.compile_all(out)
+    finally:
+        os.environ.update({k: v for k, v in env_backup.items() if v is not None})

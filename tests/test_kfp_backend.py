@@ -9,7 +9,6 @@ input each component would parse must be valid JSON holding exactly the intended
 """
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ if str(ROOT) not in sys.path:  # components/ and pipelines/ live at the reposito
     sys.path.insert(0, str(ROOT))
 
 from pipelines import compile as compile_mod  # noqa: E402
-from tests.kfp_launcher import replay  # noqa: E402
+from tests.kfp_launcher import compile_without_image_overrides, replay  # noqa: E402
 
 NASTY = 'say "hi" \\ C:\\path\\ {"k": [1]}'
 #: Values a KFP resource field accepts (Kubernetes validates them: no quotes possible).
@@ -34,11 +33,7 @@ RECIPES = [{"variant": "p\"50", "recipe": "s3://bucket/a \"b\".yaml", "recipe_ar
 @pytest.fixture(scope="module")
 def specs(tmp_path_factory):
     out = tmp_path_factory.mktemp("compiled")
-    env_backup = {k: os.environ.pop(k, None) for k in ("SPARSEPIPE_IMAGE", "SPARSEPIPE_TRAIN_IMAGE")}
-    try:
-        paths = compile_mod.compile_all(out)
-    finally:
-        os.environ.update({k: v for k, v in env_backup.items() if v is not None})
+    paths = compile_without_image_overrides(out)
     return {p.stem: next(yaml.safe_load_all(p.read_text())) for p in paths}
 
 

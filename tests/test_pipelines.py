@@ -25,6 +25,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2  # noqa: E402
 
 import sparsepipe  # noqa: E402
 from pipelines import compile as compile_mod  # noqa: E402
+from tests.kfp_launcher import compile_without_image_overrides  # noqa: E402
 
 STEP_EXECUTORS = ("prepare-data", "train-model", "export-onnx", "evaluate-model", "benchmark-model",
                   "sparsify-model", "export-onnx-2", "evaluate-model-2", "benchmark-model-2", "quantize-model",
@@ -39,11 +40,7 @@ REGENERATE = "regenerate with `.venv/bin/python -m pipelines.compile` (make comp
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
     out = tmp_path_factory.mktemp("compiled")
-    env_backup = {k: os.environ.pop(k, None) for k in ("SPARSEPIPE_IMAGE", "SPARSEPIPE_TRAIN_IMAGE")}
-    try:
-        paths = compile_mod.compile_all(out)
-    finally:
-        os.environ.update({k: v for k, v in env_backup.items() if v is not None})
+    paths = compile_without_image_overrides(out)
     return {p.stem: p for p in paths}
 
 

@@ -57,6 +57,16 @@ def saved_weights(result) -> dict[str, torch.Tensor]:
     return {name: p.detach().float() for name, p in model.named_parameters()}
 
 
+def assert_exact_sparsity(result, sparsity: float) -> None:
+    """Every pruned tensor of the saved checkpoint holds exactly ``sparsity`` zeros (+-1 weight)."""
+    weights = saved_weights(result)
+    targets = result.extra["targets"]
+    assert len(targets) > 30 and set(targets.values()) == {sparsity}
+    for name in targets:
+        t = weights[name]
+        assert abs(int((t == 0).sum()) - round(sparsity * t.numel())) <= 1, name
+
+
 # ------------------------------------------------------------------------------------------------
 # 1. parsing gaps, each loaded and validated against the model
 # ------------------------------------------------------------------------------------------------
@@ -302,12 +312,7 @@ def test_new_stage_format_recipe_trains(trained, tmp_path):
     assert lrs[batches][1] == pytest.approx(0.004)  # ...and restarts after cycle_epochs
     assert lrs[2 * batches][2] == pytest.approx(0.002)  # MultiStepLR in the second stage
     assert lrs[-1][2] == pytest.approx(0.0002) or batches == 1
-    weights = saved_weights(result)
-    targets = result.extra["targets"]
-    assert len(targets) > 30 and set(targets.values()) == {0.5}
-    for name in targets:
-        t = weights[name]
-        assert abs(int((t == 0).sum()) - round(0.5 * t.numel())) <= 1, name
+    assert_exact_sparsity(result, 0.5)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -385,12 +390,7 @@ def test_acdc_masks_and_momentum_reset_in_a_session():
 def test_acdc_recipe_trains(trained, tmp_path):
     text = ACDC.replace("acdc_end: 4", "acdc_end: 2")  # dense epoch 0, compressed epoch 1, then final
     result, _ = sparsify_run(trained, tmp_path, text, "acdc")
-    weights = saved_weights(result)
-    targets = result.extra["targets"]
-    assert len(targets) > 30 and set(targets.values()) == {0.7}
-    for name in targets:
-        t = weights[name]
-        assert abs(int((t == 0).sum()) - round(0.7 * t.numel())) <= 1, name
+    assert_exact_sparsity(result, 0.7)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -236,8 +236,8 @@ class GMPruningModifier(_ParamsMixin):
             0.0 if span <= 0 else (epoch - self.start_epoch) / span)
         return self.init_sparsity + interpolate(x, self.inter_func) * (final - self.init_sparsity)
 
-    def should_update(self, epoch: float, last_update: float | None) -> bool:
-        """Whether masks are recomputed at a step at ``epoch``, given the previous update."""
+    def _window_decision(self, epoch: float, last_update: float | None) -> bool | None:
+        """The update decisions every schedule shares (None: the subclass's own rule decides)."""
         if epoch + EPS < self.start_epoch:
             return False
         if last_update is None:
@@ -246,6 +246,13 @@ class GMPruningModifier(_ParamsMixin):
             return False  # the final update has happened
         if epoch + EPS >= self.end_epoch:
             return True  # once more at end_epoch
+        return None
+
+    def should_update(self, epoch: float, last_update: float | None) -> bool:
+        """Whether masks are recomputed at a step at ``epoch``, given the previous update."""
+        decided = self._window_decision(epoch, last_update)
+        if decided is not None:
+            return decided
         if self.update_frequency == -1:
             return True
         return epoch + EPS >= last_update + self.update_frequency
@@ -362,15 +369,8 @@ class ACDCPruningModifier(GMPruningModifier):
         return self.compression_sparsity
 
     def should_update(self, epoch: float, last_update: float | None) -> bool:
-        if epoch + EPS < self.start_epoch:
-            return False
-        if last_update is None:
-            return True
-        if last_update + EPS >= self.end_epoch:
-            return False
-        if epoch + EPS >= self.end_epoch:
-            return True
-        return self.phase(epoch) != self.phase(last_update)
+        decided = self._window_decision(epoch, last_update)
+        return decided if decided is not None else self.phase(epoch) != self.phase(last_update)
 
 
 PRUNING_MODIFIERS = (GMPruningModifier, ConstantPruningModifier)
