@@ -809,7 +809,9 @@ def qdq_plan(graph_model: Any, ranges: dict[tuple[str, str], tuple[float, int]],
 
 
 def _checkpoint_data(checkpoint: Path) -> str | None:
-    ckpt = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
+    from sparsepipe.trust import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
     args = ckpt.get("train_args") if isinstance(ckpt, dict) else None
     data = args.get("data") if isinstance(args, dict) else None
     return str(data) if data and Path(str(data)).is_file() else None

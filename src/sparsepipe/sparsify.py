@@ -245,9 +245,9 @@ def sparsify(
     last = Path(trainer.last)
     write_checkpoint_state(last, {**session.state(), "finished": True})
     weights = atomic_copy(last, out / "model.pt")
-    import torch
+    from sparsepipe.trust import load_checkpoint
 
-    final = torch.load(str(weights), map_location="cpu", weights_only=False)["model"].float()
+    final = load_checkpoint(weights)["model"].float()
     targets = session.masks.targets if session.masks else {}
     table = sparsity_table(final, list(targets) if targets else None)
     all_weights = sparsity_table(final)
