@@ -7,7 +7,9 @@ train with ultralytics for the recipe's length while :class:`~sparsepipe.recipe_
 drives masks and learning rate, then publish the *final* checkpoint (``last.pt``, not the
 "best" epoch, which may predate pruning) as ``<out>/model.pt`` with the recipe state in it,
 evaluate it, and write the per-layer sparsity table and bar chart.
-``--resume`` continues a killed run from ``<out>/ultralytics/weights/last.pt``.
+``--resume`` continues a killed run from ``<out>/ultralytics/weights/last.pt`` with the model, data,
+teacher and settings the run started with (stored in the checkpoint; the call's own are ignored), so
+everything it reports comes from the original run. A finished run is refused and left unchanged.
 """
 
 from __future__ import annotations
@@ -80,8 +82,15 @@ def sparsity_chart(table: dict[str, dict[str, float]], path: Path, title: str) -
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def _load_for_resume(out: Path) -> tuple[Path, dict[str, Any]]:
-    from sparsepipe.recipe_session import checkpoint_state
+def _load_for_resume(out: Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """``(last.pt, sparsepipe state, ultralytics train_args)`` of an interrupted run in ``out``.
+
+    Refuses (changing nothing) a folder without ``last.pt``, one whose checkpoint carries no recipe
+    state, and a run that already finished (ultralytics would start a new training on its defaults).
+    """
+    from sparsepipe.recipe_session import STATE_KEY
+    from sparsepipe.results import RESULT_FILE
+    from sparsepipe.trust import load_checkpoint
 
     last = out / ULTRALYTICS_DIR / "weights" / "last.pt"
     if not last.is_file():
@@ -89,14 +98,34 @@ def _load_for_resume(out: Path) -> tuple[Path, dict[str, Any]]:
             f"Cannot resume: {last} does not exist. --resume continues a sparsify run in the same "
             f"--out folder; start a new run without --resume."
         )
-    state = checkpoint_state(last)
+    ckpt = load_checkpoint(last)
+    state = ckpt.get(STATE_KEY) if isinstance(ckpt, dict) else None
     if not state:
         raise SparsepipeError(
             f"Cannot resume from {last}: the checkpoint has no sparsepipe recipe state (it was not "
             f"written by `sparsepipe sparsify`, or training finished and the file was stripped). "
             f"Start a new run without --resume."
         )
-    return last, state
+    if state.get("finished") or (out / RESULT_FILE).is_file():
+        raise SparsepipeError(
+            f"Nothing to resume: the sparsify run in {out} is complete (its checkpoint is marked finished"
+            f"{' and ' + RESULT_FILE + ' is written' if (out / RESULT_FILE).is_file() else ''}); nothing was "
+            f"changed. Use {out / 'model.pt'}, or start a new run with another --out (without --resume)."
+        )
+    train_args = ckpt.get("train_args") if isinstance(ckpt.get("train_args"), dict) else {}
+    return last, state, train_args
+
+
+def _resumed_run(state: dict[str, Any], train_args: dict[str, Any], model: str, data: str,
+                 teacher: str | None, config: SparsifyConfig) -> tuple[str, str, str | None, SparsifyConfig]:
+    """The original run's model, data, teacher and config (a resumed run reports those, not the CLI's)."""
+    run = state.get("run") or {}
+    if run:
+        return run["model"], run["data"], run.get("teacher"), SparsifyConfig(**run["config"])
+    # checkpoints from before sparsepipe stored its run settings: ultralytics' own train_args
+    data = str(train_args.get("data") or data)
+    sizes = {k: train_args[k] for k in ("imgsz", "batch") if isinstance(train_args.get(k), int)}
+    return model, data, teacher, dataclasses.replace(config, **sizes)
 
 
 def sparsify(
@@ -123,12 +152,14 @@ def sparsify(
 
     config = config or SparsifyConfig()
     tracker = tracker or Tracker()
-    out = begin_step(out)
 
     # 1. Everything that can be wrong is checked before training starts.
     resume_state = None
+    if resume:  # checked before begin_step: a refused resume changes nothing in --out
+        start_from, resume_state, resumed_args = _load_for_resume(Path(out).resolve())
+        model, data, teacher, config = _resumed_run(resume_state, resumed_args, model, data, teacher, config)
+    out = begin_step(out)
     if resume:
-        start_from, resume_state = _load_for_resume(out)
         if recipe is not None or recipe_args:
             raise SparsepipeError(
                 "--resume continues with the recipe and overrides stored in the checkpoint; do not "
@@ -169,6 +200,8 @@ def sparsify(
         teacher_model = resolve_teacher(teacher, yolo)
     validate_recipe(loaded, yolo.model, teacher=teacher_model)
     session = RecipeSession(loaded, args, tracker, resume_state=resume_state)
+    run = {"model": model, "data": data, "teacher": teacher, "config": dataclasses.asdict(config)}
+    session.state_hooks.append(lambda: {"run": run})  # what --resume restores (_resumed_run)
     distill = None
     from sparsepipe.modifiers.distillation import DISTILLATION_MODIFIERS
 
