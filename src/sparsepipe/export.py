@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsepipe.errors import ConfigError, ModelError
-from sparsepipe.results import StepResult, begin_step, inherited_variant
+from sparsepipe.results import StepResult, check_out, claim_out, inherited_variant
 from sparsepipe.sizes import file_sizes
 
 
@@ -75,7 +75,7 @@ def export_onnx(model: str, out: str | Path, config: ExportConfig | None = None,
 
     config = config or ExportConfig()
     tracker = tracker or Tracker()
-    out = begin_step(out)
+    out = check_out(out)  # nothing in --out changes before the checks pass (claim_out)
 
     variant = inherited_variant(model, config.variant)
     source = Path(resolve_model_path(model))
@@ -88,8 +88,9 @@ def export_onnx(model: str, out: str | Path, config: ExportConfig | None = None,
         # A QAT checkpoint exports as INT8 QDQ (fake-quant modules converted first).
         from sparsepipe.qat import export_int8_onnx
 
-        target = export_int8_onnx(source, out / "model.onnx", config.imgsz, config.opset)
+        target = export_int8_onnx(source, claim_out(out) / "model.onnx", config.imgsz, config.opset)
         return _publish(target, model, variant, config, tracker, out)
+    out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:
         staged = staging / "model.pt"
@@ -106,7 +107,7 @@ def export_onnx(model: str, out: str | Path, config: ExportConfig | None = None,
         )
         if not exported or not Path(exported).is_file():
             raise ModelError(f"ultralytics did not produce an ONNX file for '{model}'.")
-        target = out / "model.onnx"
+        target = claim_out(out) / "model.onnx"
         Path(exported).replace(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -68,11 +68,35 @@ def begin_step(out: str | os.PathLike) -> Path:
     """Create a step's out folder and remove any previous ``result.json`` (its commit marker).
 
     A step writes ``result.json`` last, so a folder without one never holds a result that a
-    later step would trust.
+    later step would trust. Steps that check their arguments first call :func:`check_out` at the
+    start and :func:`claim_out` (this) only right before their first write.
     """
+    return claim_out(check_out(out))
+
+
+def check_out(out: str | os.PathLike) -> Path:
+    """The resolved out folder, refused if it is an existing file; nothing is created or removed."""
+    from sparsepipe.errors import StorageError
+
     out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / RESULT_FILE).unlink(missing_ok=True)
+    if out.exists() and not out.is_dir():
+        raise StorageError(f"--out {out} is an existing file, not a folder; give a folder path (it is created).")
+    return out
+
+
+def claim_out(out: str | os.PathLike) -> Path:
+    """Create ``out`` and remove its previous ``result.json``: the step is about to overwrite files.
+
+    Called after every argument check, so a re-run refused for bad input leaves a good folder as it was.
+    """
+    from sparsepipe.errors import StorageError
+
+    out = check_out(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / RESULT_FILE).unlink(missing_ok=True)
+    except OSError as exc:
+        raise StorageError(f"Cannot write to --out {out}: {exc.strerror or exc}. Choose a writable folder.") from None
     return out
 
 

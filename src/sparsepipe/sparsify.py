@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sparsepipe.errors import ConfigError, SparsepipeError
-from sparsepipe.results import StepResult, atomic_copy, atomic_write_bytes, atomic_write_text, begin_step
+from sparsepipe.results import (StepResult, atomic_copy, atomic_write_bytes, atomic_write_text, check_out,
+                                claim_out)
 from sparsepipe.training import ULTRALYTICS_DIR
 
 
@@ -155,10 +156,10 @@ def sparsify(
 
     # 1. Everything that can be wrong is checked before training starts.
     resume_state = None
-    if resume:  # checked before begin_step: a refused resume changes nothing in --out
+    if resume:  # a refused resume changes nothing in --out
         start_from, resume_state, resumed_args = _load_for_resume(Path(out).resolve())
         model, data, teacher, config = _resumed_run(resume_state, resumed_args, model, data, teacher, config)
-    out = begin_step(out)
+    out = check_out(out)  # nothing in --out changes before every check passed (claim_out below)
     if resume:
         if recipe is not None or recipe_args:
             raise SparsepipeError(
@@ -231,6 +232,7 @@ def sparsify(
         session.state_hooks.append(channels.state)
 
     # 2. Train.
+    claim_out(out)
     for event, function in {**epoch_logger(tracker)}.items():
         yolo.add_callback(event, function)
     for event, function in session.callbacks().items():

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sparsepipe.errors import ConfigError, SparsepipeError
-from sparsepipe.results import StepResult, atomic_copy, begin_step
+from sparsepipe.results import StepResult, atomic_copy, check_out, claim_out
 
 ULTRALYTICS_DIR = "ultralytics"  # ultralytics' own run folder inside --out (plots, results.csv, weights/)
 
@@ -118,7 +118,7 @@ def train(
 
     config = config or TrainConfig()
     tracker = tracker or Tracker()
-    out = begin_step(out)
+    out = check_out(out)  # nothing in --out changes before the checks pass (claim_out)
 
     data_yaml = resolve_data(data)
     yolo = load_yolo(model)
@@ -134,6 +134,7 @@ def train(
             yolo.add_callback(event, function)
     tracker.log_params({"model": model, "data": data, "task": yolo.task, **_flat(config)})
 
+    claim_out(out)
     started = time.perf_counter()
     results = yolo.train(
         data=str(data_yaml),
