@@ -539,15 +539,20 @@ def _scan(data_yaml: Path, check_files: bool, max_listed_errors: int) -> Dataset
             )
         images[split] = len(files)
         instances[split] = 0
+        labelled = 0
         for img in files:
             if check_files:
                 msg = _check_image(img)
                 if msg:
                     problems.add(str(img), msg)
             lbl = label_path(img)
+            if lbl.is_dir():
+                problems.add(str(lbl), "is a folder, not a label file (one .txt of rows per image)")
+                continue
             if not lbl.is_file():
                 background += 1
                 continue
+            labelled += 1
             if check_files:
                 rows, task = _check_labels(lbl, len(names), kpt_values, problems, per_class)
             else:
@@ -557,6 +562,7 @@ def _scan(data_yaml: Path, check_files: bool, max_listed_errors: int) -> Dataset
                 tasks.add(task)
             else:
                 background += 1
+        _check_split_has_labels(split, files, labelled, data_yaml, problems)
     if problems.count:
         more = problems.count - len(problems.listed)
         listing = "\n  ".join(problems.listed)
@@ -576,6 +582,19 @@ def _scan(data_yaml: Path, check_files: bool, max_listed_errors: int) -> Dataset
         instances=instances,
         instances_per_class={i: per_class.get(i, 0) for i in names},
         background_images=background,
+    )
+
+
+def _check_split_has_labels(split: str, files: list[Path], labelled: int, data_yaml: Path,
+                            problems: _Problems) -> None:  # fmt: skip
+    """A train or val split whose images have no label file at all cannot be trained or scored."""
+    if split == "test" or not files or labelled:
+        return
+    problems.add(
+        str(data_yaml),
+        f"{split} split has no label files: none of its {len(files)} images has one (the first "
+        f"would be {label_path(files[0])}); put one .txt per image in a labels/ folder beside "
+        f"images/ (ultralytics' layout)",
     )
 
 
@@ -901,9 +920,52 @@ def resolve_data(source: str | os.PathLike, cache_dir: Path | None = None, *,
     hash of the URI), local folders and YAMLs are used in place (a ``sparsepipe data`` out
     folder gives its ``data.yaml``). A local YAML with a relative ``path:`` (which ultralytics
     would resolve against its own datasets folder) gets a normalized copy in the cache.
+
+    Every step that takes ``--data`` resolves it here, so every step checks it the way the data
+    step does (:func:`validate_dataset`, unless ``config.validate`` is False): a bad image or label
+    row is a :class:`DataError` before any model is loaded, not an ultralytics warning.
     """
     config = config or DataConfig(cache_dir=cache_dir)
     cache = Path(cache_dir).expanduser() if cache_dir else Path(config.cache_dir)
+    yaml_path = _resolve(source, cache, config)
+    if config.validate:
+        _validate_once(yaml_path, cache, config.max_listed_errors)
+    return yaml_path
+
+
+def _validation_stamp(yaml_path: Path) -> str:
+    """A digest of the data YAML's bytes and the path, size and mtime of every image and label."""
+    digest = hashlib.sha256(yaml_path.read_bytes())
+    for split in SPLITS:
+        for image in split_images(yaml_path, split):
+            for path in (image, label_path(image)):
+                try:
+                    st = path.stat()
+                except OSError:
+                    digest.update(f"{split}|{path}|missing\n".encode())
+                    continue
+                digest.update(f"{split}|{path}|{st.st_mode}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _validate_once(yaml_path: Path, cache: Path, max_listed_errors: int) -> None:
+    """:func:`validate_dataset`, skipped when these exact files already passed (a stamp in the cache).
+
+    Decoding every image takes minutes on a large dataset and every step would repeat it; the
+    stamp covers each file's size and modification time, so any change is checked again.
+    """
+    stamp = cache / "validated" / _validation_stamp(yaml_path)
+    if stamp.is_file():
+        return
+    validate_dataset(yaml_path, max_listed_errors)
+    try:
+        atomic_write_text(stamp, f"{yaml_path}\n")
+    except OSError:  # a read-only cache only costs a re-check next time
+        pass
+
+
+def _resolve(source: str | os.PathLike, cache: Path, config: DataConfig) -> Path:
+    """The data YAML of SOURCE (see :func:`resolve_data`), not yet validated."""
     src = parse_source(source)
     _check_sha256_applies(src, config)
     if src.kind == "synthetic":
@@ -1029,7 +1091,7 @@ def prepare_data(source: str | os.PathLike, out: str | os.PathLike,
             generate_dataset(tmp, src.synthetic, progress=config.progress)
             summary = _scan(tmp / DATA_YAML, config.validate, config.max_listed_errors)
         else:
-            src_yaml = resolve_data(source, config=config)
+            src_yaml = resolve_data(source, config=dataclasses.replace(config, validate=False))  # _scan below
             # Validate the source, so errors name the user's own files, then copy.
             summary = _scan(src_yaml, config.validate, config.max_listed_errors)
             _materialize(src_yaml, tmp)

@@ -37,8 +37,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from sparsepipe.errors import ConfigError, DataError, ModelError, SparsepipeError
-from sparsepipe.export import onnx_param_count
-from sparsepipe.results import StepResult, atomic_write_with, begin_step, inherited_variant
+from sparsepipe.export import onnx_param_count, read_onnx
+from sparsepipe.results import StepResult, atomic_write_with, check_out, claim_out, inherited_variant
 from sparsepipe.sizes import file_sizes
 
 METHODS = ("ptq", "qat")
@@ -525,8 +525,6 @@ def _variant(model: str, config: QuantizeConfig) -> str:
 
 def quantize(model: str, data: str, out: str | Path, config: QuantizeConfig | None = None, tracker: Any = None) -> StepResult:
     """Quantize ``model`` to ``<out>/model_int8.onnx`` (PTQ, calibrated on ``data``'s train split)."""
-    import onnx
-
     from sparsepipe.tracking import Tracker
 
     config = config or QuantizeConfig()
@@ -537,11 +535,13 @@ def quantize(model: str, data: str, out: str | Path, config: QuantizeConfig | No
             "`sparsepipe quantize --method qat --recipe RECIPE ...`; quantize() itself does PTQ."
         )
     tracker = tracker or Tracker()
-    out = begin_step(out)
+    out = check_out(out)  # nothing in --out changes before --data is checked (claim_out)
     variant = _variant(model, config)
+    pool = train_images(data)  # validates --data like the data step, before any model is read
 
+    claim_out(out)
     fp32 = _fp32_onnx(model, out, config)
-    fp32_model = onnx.load(str(fp32))
+    fp32_model = read_onnx(fp32)  # random bytes: a ModelError naming the file, not a protobuf traceback
     _refuse_quantized_onnx(fp32_model, fp32)
     _, dims = _input_shape(fp32_model)
     static = len(dims) == 4 and all(isinstance(d, int) and d > 0 for d in dims[2:])
@@ -559,7 +559,7 @@ def quantize(model: str, data: str, out: str | Path, config: QuantizeConfig | No
         imgsz = int(dims[2])
     else:
         imgsz = config.imgsz or DEFAULT_IMGSZ
-    images = sample_images(train_images(data), config.calibration_images, config.seed)
+    images = sample_images(pool, config.calibration_images, config.seed)
 
     fallback: list[str] = []
     target, excluded, op_types = quantize_onnx(fp32, out / "model_int8.onnx", images, imgsz, config, fallback=fallback)
