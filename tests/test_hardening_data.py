@@ -112,3 +112,60 @@ def test_a_checked_dataset_is_checked_again_after_a_change(tmp_path):
     label = _class_99(yaml_path.parent)
     with pytest.raises(DataError, match=f"{label.name}:1: class id 99"):
         resolve_data(str(yaml_path.parent), config=config)
+
+
+# ------------------------------------------------------------------ item 7: host files
+
+
+def _host_dataset(tmp_path: Path) -> Path:
+    """A valid dataset outside the archive ("host files"), whose images an archive must not reach."""
+    yaml_path = generate_dataset(tmp_path / "host", CONFIG, progress=False)
+    return yaml_path.parent
+
+
+def _archive(path: Path, data_yaml: str, extra: dict[str, bytes] | None = None) -> Path:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tf:
+        for name, blob in {"ds/data.yaml": data_yaml.encode(), **(extra or {})}.items():
+            member = tarfile.TarInfo(name)
+            member.size = len(blob)
+            tf.addfile(member, io.BytesIO(blob))
+    return path
+
+
+@pytest.mark.parametrize("how", ["absolute split", "dotdot split", "absolute path key", "txt list"])
+def test_archive_data_yaml_cannot_reach_host_files(how, tmp_path, capsys):
+    host = _host_dataset(tmp_path)
+    depth = "../" * 12
+    yamls = {
+        "absolute split": f"train: {host}/images/train\nval: {host}/images/val\nnames: [a, b, c, d, e, f]\n",
+        "dotdot split": f"train: {depth}{host}/images/train\nval: {depth}{host}/images/val\nnames: [a, b, c, d, e, f]\n",
+        "absolute path key": f"path: {host}\ntrain: images/train\nval: images/val\nnames: [a, b, c, d, e, f]\n",
+        "txt list": "train: train.txt\nval: train.txt\nnames: [a, b, c, d, e, f]\n",
+    }
+    listed = "".join(f"{p}\n" for p in sorted((host / "images" / "train").glob("*.jpg")))
+    archive = _archive(tmp_path / "evil.tar.gz", yamls[how], {"ds/train.txt": listed.encode()})
+    out = tmp_path / "out"
+    code = main(["data", "--source", str(archive), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and "outside the dataset" in err, err
+    assert not out.exists(), "host images were copied into --out"
+    for step in (["train", "--model", "yolov8n.yaml", "--epochs", "1", "--imgsz", "64", "--no-track"],):
+        assert main([*step, "--data", str(archive), "--out", str(tmp_path / "t")]) == 2
+        assert "outside the dataset" in capsys.readouterr().err
+
+
+def test_symlinked_label_outside_the_dataset_is_never_quoted(tmp_path, capsys):
+    yaml_path = generate_dataset(tmp_path / "ds", CONFIG, progress=False)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:$6$SECRET-HASH:19000:0:99999:7:::\n")
+    label = _first(yaml_path.parent / "labels" / "train", "*.txt")
+    label.unlink()
+    label.symlink_to(secret)
+    code = main(["data", "--source", str(yaml_path.parent), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert "SECRET" not in err and "root:" not in err, err
+    assert f"{label}:1: non-numeric value in (not quoted: the file is a link to outside the dataset)" in err, err

@@ -434,8 +434,12 @@ def _check_image(path: Path) -> str | None:
 
 
 def _check_labels(path: Path, nc: int, kpt_values: int | None, problems: _Problems,
-                  per_class: Counter) -> tuple[int, str | None]:  # fmt: skip
-    """Check one label file; returns (rows, task of its rows or None when empty)."""
+                  per_class: Counter, quote: bool = True) -> tuple[int, str | None]:  # fmt: skip
+    """Check one label file; returns (rows, task of its rows or None when empty).
+
+    ``quote=False`` (a label reached through a link to outside the dataset) keeps its text out of
+    the messages: a link to ``/etc/shadow`` must not print its lines.
+    """
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -450,7 +454,8 @@ def _check_labels(path: Path, nc: int, kpt_values: int | None, problems: _Proble
         try:
             values = [float(v) for v in parts]
         except ValueError:
-            problems.add(where, f"non-numeric value in {' '.join(parts)[:60]!r}")
+            shown = repr(" ".join(parts)[:60]) if quote else "(not quoted: the file is a link to outside the dataset)"
+            problems.add(where, f"non-numeric value in {shown}")
             continue
         n = len(values)
         if kpt_values is not None:
@@ -554,7 +559,8 @@ def _scan(data_yaml: Path, check_files: bool, max_listed_errors: int) -> Dataset
                 continue
             labelled += 1
             if check_files:
-                rows, task = _check_labels(lbl, len(names), kpt_values, problems, per_class)
+                quote = _inside_dataset(lbl, root)
+                rows, task = _check_labels(lbl, len(names), kpt_values, problems, per_class, quote)
             else:
                 rows, task = _count_labels(lbl, per_class)
             instances[split] += rows
@@ -583,6 +589,12 @@ def _scan(data_yaml: Path, check_files: bool, max_listed_errors: int) -> Dataset
         instances_per_class={i: per_class.get(i, 0) for i in names},
         background_images=background,
     )
+
+
+def _inside_dataset(path: Path, root: Path) -> bool:
+    """False when ``path`` is reached through a symbolic link that leads outside the dataset ``root``."""
+    real = path.resolve()
+    return real == Path(os.path.abspath(path)) or real.is_relative_to(root.resolve())
 
 
 def _check_split_has_labels(split: str, files: list[Path], labelled: int, data_yaml: Path,
@@ -883,6 +895,7 @@ def _fetched_entry(source: Source, cache_dir: Path, config: DataConfig) -> Path:
             if source.kind == "http":
                 archive.unlink()
         yaml_path = find_data_yaml(tree)
+        _check_paths_inside(yaml_path, tree, _redact(source.value) if source.kind == "http" else source.value)
         _make_relocatable(yaml_path)
         marker = {"source": _redact(source.value) if source.kind == "http" else source.value,
                   "data_yaml": os.path.relpath(yaml_path, tmp)}  # fmt: skip
@@ -901,6 +914,34 @@ def _fetched_entry(source: Source, cache_dir: Path, config: DataConfig) -> Path:
         return (final / marker["data_yaml"]).resolve()
     except (OSError, ValueError, KeyError):
         return find_data_yaml(final)
+
+
+def _escaping_paths(yaml_path: Path, inside: Path) -> list[str]:
+    """The ``path:``, split entries and listed images of a data YAML that resolve outside ``inside``."""
+    data = _load_yaml(yaml_path)
+    if not isinstance(data, dict):
+        return []  # _scan explains what a data YAML must hold
+    root = _dataset_root(data, yaml_path)
+    found = [] if root.resolve().is_relative_to(inside) else [f"path: {data.get('path')}"]
+    for split in SPLITS:
+        for entry in _split_entries(data, root, split) or []:
+            if not entry.is_relative_to(inside):
+                found.append(f"{split}: {entry}")
+            elif entry.suffix.lower() == ".txt" and entry.is_file():
+                found += [f"{split}: {entry.name} lists {image}" for image, _ in _entry_images(entry)
+                          if not image.resolve().is_relative_to(inside)][:1]
+    return found
+
+
+def _check_paths_inside(yaml_path: Path, tree: Path, source: str) -> None:
+    """Refuse a fetched dataset whose data YAML reaches files outside its own folder (host files)."""
+    escaping = _escaping_paths(yaml_path, tree.resolve())
+    if escaping:
+        raise DataError(
+            f"The data YAML of {source} points outside the dataset ({'; '.join(escaping[:3])}): a downloaded or "
+            f"extracted dataset may only use paths inside its own folder. Make its paths relative to the data "
+            f"YAML (train: images/train, val: images/val) and drop absolute 'path:' values."
+        )
 
 
 def _check_sha256_applies(src: Source, config: DataConfig) -> None:
