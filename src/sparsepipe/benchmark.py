@@ -48,6 +48,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from sparsepipe.errors import ConfigError, ModelError
+from sparsepipe.limits import check_input_size, check_threads
 from sparsepipe.results import StepResult
 
 def _available_engines() -> tuple[str, ...]:
@@ -108,6 +109,12 @@ class BenchmarkConfig:
         self.batches = tuple(self.batches)
         if any(not isinstance(b, int) or b < 1 for b in self.batches) or len(set(self.batches)) != len(self.batches):
             raise ConfigError(f"batches={self.batches!r} must be distinct positive integers, e.g. --batch 1,4,8.")
+        check_threads("threads", self.threads)
+        check_threads("streams", self.streams)
+        if self.imgsz is not None and (not isinstance(self.imgsz, int) or self.imgsz < 32):
+            raise ConfigError(f"imgsz={self.imgsz!r} must be an integer of at least 32 pixels (or unset: 640).")
+        for batch in self.batch_list:
+            check_input_size(batch, self.imgsz or 640, "inference")
         if self.scenario not in ("sync", "async"):
             raise ConfigError(f"scenario={self.scenario!r} must be 'sync' (latency) or 'async' (throughput with --streams).")
         if self.scenario == "sync" and self.streams != 1:

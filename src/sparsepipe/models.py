@@ -219,6 +219,10 @@ def load_yolo(model: str, task: str | None = None, cache_dir: Path | None = None
     from sparsepipe.trust import enforcing_loads
 
     ref = resolve_model_path(model, cache_dir)
+    if str(ref).lower().endswith(".onnx") and Path(ref).is_file():
+        from sparsepipe.export import check_yolo_onnx, read_onnx  # lazy: onnx is only needed for .onnx
+
+        check_yolo_onnx(read_onnx(ref), model)  # ultralytics would fail with an IndexError mid-validation
     try:
         with enforcing_loads(ref):  # torch's weights_only unpickler: no class called with file data
             yolo = YOLO(ref, task=task)

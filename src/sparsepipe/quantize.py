@@ -38,6 +38,7 @@ import numpy as np
 
 from sparsepipe.errors import ConfigError, DataError, ModelError, SparsepipeError
 from sparsepipe.export import onnx_param_count, read_onnx
+from sparsepipe.limits import check_input_size
 from sparsepipe.results import StepResult, atomic_write_with, check_out, claim_out, inherited_variant
 from sparsepipe.sizes import file_sizes
 
@@ -123,6 +124,10 @@ class QuantizeConfig:
         self.exclude_nodes = tuple(self.exclude_nodes)
         if self.activation_type not in ACTIVATION_TYPES:
             raise ConfigError(f"activation_type={self.activation_type!r}: choose uint8 (default) or int8.")
+        if self.imgsz is not None:
+            if isinstance(self.imgsz, bool) or not isinstance(self.imgsz, int) or self.imgsz < 32 or self.imgsz % 32:
+                raise ConfigError(f"imgsz={self.imgsz!r} must be a multiple of 32 (e.g. 320 or 640), or unset.")
+            check_input_size(1, self.imgsz, "calibration")
         if self.weight_type not in WEIGHT_TYPES:
             raise ConfigError(
                 f"weight_type={self.weight_type!r}: only int8 is supported (symmetric weights keep "

@@ -36,9 +36,11 @@ from sparsepipe.image_input import (
     DEFAULT_MAX_PIXELS,
     ImageInputError,
     decode_image_bytes,
+    image_size,
 )
+from sparsepipe.limits import check_threads
 
-STATUS_OF_KIND = {"too_large": 413, "not_image": 422, "truncated": 422, "bad_array": 422}
+STATUS_OF_KIND = {"too_large": 413, "not_image": 422, "truncated": 422, "bad_array": 422, "bad_shape": 422}
 
 
 @dataclasses.dataclass
@@ -53,13 +55,16 @@ class ServeConfig:
     max_images: int = 16  # images per request
     max_request_mb: float = 32.0  # request body limit in MiB (413 above)
     max_pixels: int = DEFAULT_MAX_PIXELS  # per image, width*height from the header (413 above)
+    max_request_pixels: int = 2 * DEFAULT_MAX_PIXELS  # all images of one request together (413 above): ~240 MB decoded
     retry_after_s: int = 1  # Retry-After header of a 503
 
     def __post_init__(self) -> None:
-        for name in ("threads", "engine_threads", "max_images", "max_pixels", "retry_after_s"):
+        for name in ("threads", "engine_threads", "max_images", "max_pixels", "max_request_pixels", "retry_after_s"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name}={value!r} must be a positive integer (e.g. --{name.replace('_', '-')} 2).")
+        check_threads("threads", self.threads)
+        check_threads("engine_threads", self.engine_threads)
         if not isinstance(self.queue_size, int) or self.queue_size < 0:
             raise ConfigError(f"queue_size={self.queue_size!r} must be 0 or more (--queue-size 8).")
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
@@ -143,6 +148,19 @@ class PredictResponse(BaseModel):
 class Status(BaseModel):
     status: str
     detail: str = ""
+
+
+def _check_request_pixels(blobs: list[tuple[str, bytes]], config: ServeConfig) -> None:
+    """Refuse a request whose images together declare more than ``max_request_pixels`` (headers only)."""
+    sizes = [image_size(data, name, config.max_pixels) for name, data in blobs]
+    total = sum(width * height for width, height in sizes)
+    if total > config.max_request_pixels:
+        raise ImageInputError(
+            f"The {len(blobs)} images of this request hold {total} pixels together, above the limit of "
+            f"{config.max_request_pixels} per request (--max-request-pixels); send fewer or smaller images per "
+            f"request.",
+            "too_large",
+        )
 
 
 def create_app(load_predictor: Callable[[], Any], config: ServeConfig | None = None, model_name: str = "model") -> Any:
@@ -265,6 +283,7 @@ def create_app(load_predictor: Callable[[], Any], config: ServeConfig | None = N
         metrics.queue_depth.set(max(state["admitted"] - state["running"], 0))
         try:
             started = time.perf_counter()
+            _check_request_pixels(blobs, config)
             arrays = []
             for name, data in blobs:
                 arrays.append((name, decode_image_bytes(data, name, config.max_pixels)))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sparsepipe.errors import ConfigError, SparsepipeError
+from sparsepipe.limits import check_epochs, check_input_size
 from sparsepipe.results import (StepResult, atomic_copy, atomic_write_bytes, atomic_write_text, check_out,
                                 claim_out)
 from sparsepipe.training import ULTRALYTICS_DIR
@@ -51,6 +52,9 @@ class SparsifyConfig:
             raise ConfigError(f"workers={self.workers!r} must be 0 or more (0 loads data in the main process).")
         if self.max_epochs is not None and self.max_epochs < 1:
             raise ConfigError(f"max_epochs={self.max_epochs!r} must be a positive integer or unset.")
+        if self.max_epochs is not None:
+            check_epochs("max_epochs", self.max_epochs)
+        check_input_size(self.batch, self.imgsz, "training")
         reserved = {"model", "data", "project", "name", "exist_ok", "trainer", "resume", "epochs"} & set(self.extra)
         if reserved:
             raise ConfigError(f"extra ultralytics arguments {sorted(reserved)} are decided by sparsepipe or the recipe.")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sparsepipe.errors import ConfigError, SparsepipeError
+from sparsepipe.limits import check_epochs, check_input_size
 from sparsepipe.results import StepResult, atomic_copy, check_out, claim_out
 
 ULTRALYTICS_DIR = "ultralytics"  # ultralytics' own run folder inside --out (plots, results.csv, weights/)
@@ -50,6 +51,8 @@ class TrainConfig:
             )
         if not isinstance(self.batch, int) or self.batch < 1:
             raise ConfigError(f"batch={self.batch!r} must be a positive integer, e.g. --batch 16.")
+        check_epochs("epochs", self.epochs)
+        check_input_size(self.batch, self.imgsz, "training")
         if self.workers < 0:
             raise ConfigError(f"workers={self.workers!r} must be 0 or more.")
         if self.lr0 is not None and not (0 < self.lr0 < 10):
