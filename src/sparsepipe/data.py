@@ -40,7 +40,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from sparsepipe.errors import ConfigError, DataError, SparsepipeError
-from sparsepipe.results import RESULT_FILE, StepResult, atomic_write_text, read_result
+from sparsepipe.results import RESULT_FILE, StepResult, atomic_write_text, publish_mode, read_result
 from sparsepipe.synthetic import GENERATOR_VERSION, SyntheticConfig, generate_dataset
 
 CACHE_ENV = "SPARSEPIPE_CACHE"
@@ -242,6 +242,10 @@ def _load_yaml(path: Path) -> Any:
         raise DataError(f"{path}: cannot read the data YAML ({exc}).") from None
 
 
+class NoDataYaml(DataError):
+    """A folder holds no data YAML at all (raised by :func:`find_data_yaml`)."""
+
+
 def _looks_like_data_yaml(path: Path) -> bool:
     try:
         import yaml
@@ -263,6 +267,7 @@ def find_data_yaml(folder: Path, max_depth: int = 3) -> Path:
             res = None
         if res is not None and res.step == "data" and "data_yaml" in res.files:
             return res.path("data_yaml").resolve()
+    named_data: list[Path] = []  # data.yaml/data.yml files, even unparseable or incomplete ones
     for depth in range(max_depth + 1):
         found = []
         for root, dirs, files in os.walk(folder):
@@ -274,6 +279,7 @@ def find_data_yaml(folder: Path, max_depth: int = 3) -> Path:
             )  # fmt: skip
             if level != depth:
                 continue
+            named_data += [Path(root) / n for n in sorted(files) if n.lower() in ("data.yaml", "data.yml")]
             for name in sorted(files):
                 if name.lower().endswith((".yaml", ".yml")) and _looks_like_data_yaml(
                     Path(root) / name
@@ -287,7 +293,9 @@ def find_data_yaml(folder: Path, max_depth: int = 3) -> Path:
                 f"{folder} holds several data YAMLs ({', '.join(str(p) for p in found[:5])}): "
                 f"pass the one you mean as --source."
             )
-    raise DataError(
+    if named_data:  # a data.yaml with a syntax error or a missing key: _load_yaml / _scan say which
+        return named_data[0].resolve()
+    raise NoDataYaml(
         f"No data YAML (a YAML with train:, val: and names:) in {folder} or its subfolders "
         f"(down to {max_depth} levels). {SOURCE_FORMS}"
     )
@@ -842,6 +850,7 @@ def _fill_cache_entry(final: Path, fill, refresh: bool) -> Path:
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    publish_mode(tmp)
     try:
         fill(tmp)
         if final.exists():
@@ -894,7 +903,14 @@ def _fetched_entry(source: Source, cache_dir: Path, config: DataConfig) -> Path:
             safe_extract(archive, tree, **limits)
             if source.kind == "http":
                 archive.unlink()
-        yaml_path = find_data_yaml(tree)
+        try:
+            yaml_path = find_data_yaml(tree)
+        except NoDataYaml:  # its message would name the temporary extraction folder in the cache
+            raise NoDataYaml(
+                f"{_redact(source.value) if source.kind == 'http' else source.value} holds no data YAML (a YAML "
+                f"with train:, val: and names:) within 3 folder levels. Put a data.yaml at the top of the "
+                f"archive (or prefix). {SOURCE_FORMS}"
+            ) from None
         _check_paths_inside(yaml_path, tree, _redact(source.value) if source.kind == "http" else source.value)
         _make_relocatable(yaml_path)
         marker = {"source": _redact(source.value) if source.kind == "http" else source.value,
@@ -1127,6 +1143,7 @@ def prepare_data(source: str | os.PathLike, out: str | os.PathLike,
     _check_out_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    publish_mode(tmp)  # mkdtemp makes it 0700; the renamed --out follows the umask
     try:
         if src.kind == "synthetic":
             generate_dataset(tmp, src.synthetic, progress=config.progress)

@@ -131,6 +131,8 @@ def load_image(source: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.nd
     """
     if isinstance(source, (str, Path)):
         path = Path(source)
+        if path.is_dir():
+            raise ImageInputError(f"'{path}' is a folder, not an image file; pass the image files in it.", "not_image")
         if not path.is_file():
             raise ImageInputError(f"Image file '{path}' does not exist; check the path.", "not_image")
         with path.open("rb") as handle:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsepipe.errors import ConfigError, SparsepipeError
+from sparsepipe.results import publish_mode
 
 __all__ = [
     "REGISTRY_PREFIX",
@@ -133,6 +134,7 @@ def download_model_version(uri: str, cache_dir: Path | None = None, tracking_uri
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    publish_mode(tmp)
     try:
         import mlflow.artifacts
 

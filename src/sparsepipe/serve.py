@@ -391,6 +391,30 @@ def _version() -> str:
     return __version__
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a host/port another process listens on (uvicorn only logs one line and exits 1)."""
+    import errno
+    import socket
+
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConfigError(f"--host {host} cannot be resolved ({exc.strerror or exc}); use an address such as 127.0.0.1.") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no conflict
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"port {port} on {host} is already in use by another program; stop it or pick "
+                                  f"another port (--port {port + 1}).") from None
+            raise ConfigError(f"Cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --host or "
+                              f"--port (ports below 1024 need privileges).") from None
+
+
 def serve(model: str, config: ServeConfig, engine: str = "onnxruntime", conf: float = 0.25,
           iou: float = 0.7) -> None:
     """``sparsepipe serve``: load the model (local path, s3:// or models:/name@alias) and run uvicorn."""
@@ -406,6 +430,7 @@ def serve(model: str, config: ServeConfig, engine: str = "onnxruntime", conf: fl
     if not str(model).startswith(("s3://", "models:/")):
         model = str(resolve_onnx(model))  # a wrong local path fails here, before the server starts
     Image.MAX_IMAGE_PIXELS = config.max_pixels  # PIL's own bomb guard at the same limit
+    _check_port_free(config.host, config.port)
     app = create_app(lambda: Predictor(model, config=predict_config), config, model_name=str(model))
     print(f"sparsepipe serve: {model} on http://{config.host}:{config.port} ({config.threads} threads, queue "
           f"{config.queue_size}); /ready turns 200 once the model is loaded", flush=True)
