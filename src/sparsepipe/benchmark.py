@@ -49,7 +49,7 @@ import numpy as np
 
 from sparsepipe.errors import ConfigError, ModelError
 from sparsepipe.limits import check_input_size, check_threads
-from sparsepipe.results import StepResult
+from sparsepipe.results import StepResult, check_out, claim_out
 
 def _available_engines() -> tuple[str, ...]:
     from sparsepipe.deepsparse_engine import deepsparse_available
@@ -390,12 +390,11 @@ def benchmark(
 
     config = config or BenchmarkConfig()
     tracker = tracker or Tracker()
-    out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "result.json").unlink(missing_ok=True)
+    out = check_out(out)  # a run refused for its model leaves a good --out as it was (claim_out below)
 
     path, variant = _onnx_path(model)
     base_path = _onnx_path(baseline)[0] if baseline else None
+    claim_out(out)  # the old result goes before timing: a killed run never leaves it beside new files
     models = [path] if base_path is None else [path, base_path]
     sweep: list[dict[str, Any]] = []
     with pinned(config) as cpus:

@@ -380,11 +380,43 @@ def _refuse_quantized_onnx(model: Any, path: Path) -> None:
         )
 
 
-def _fp32_onnx(model: str, out: Path, config: QuantizeConfig) -> Path:
-    from sparsepipe.export import ExportConfig, export_onnx
+def _model_source(model: str) -> Path:
+    """The local file ``model`` names (a missing one is a ModelError naming it)."""
     from sparsepipe.models import resolve_model_path
 
-    source = Path(resolve_model_path(model))
+    return Path(resolve_model_path(model))
+
+
+def _checked_fp32(fp32: Path) -> Any:
+    """The ONNX graph of ``fp32``, refused if unreadable (random bytes) or already quantized."""
+    fp32_model = read_onnx(fp32)  # a ModelError naming the file, not a protobuf traceback
+    _refuse_quantized_onnx(fp32_model, fp32)
+    return fp32_model
+
+
+def _calibration_size(fp32_model: Any, fp32: Path, config: QuantizeConfig) -> int:
+    """Image size to calibrate at: the ONNX's static size (checked against ``config.imgsz``), else imgsz."""
+    _, dims = _input_shape(fp32_model)
+    static = len(dims) == 4 and all(isinstance(d, int) and d > 0 for d in dims[2:])
+    if not static:
+        return config.imgsz or DEFAULT_IMGSZ
+    if dims[2] != dims[3]:
+        raise ModelError(f"'{fp32}' has a non-square input {dims}; export it square (--imgsz N).")
+    if config.imgsz is not None and config.imgsz != dims[2]:
+        raise ConfigError(
+            f"imgsz={config.imgsz} does not match '{fp32.name}', whose input is static at {dims[2]} px "
+            f"({dims}): calibration images of the wrong size would not fit it. Use --imgsz {dims[2]}, "
+            f"or re-export the model at {config.imgsz}."
+        )
+    if isinstance(dims[0], int) and dims[0] != 1:
+        raise ModelError(f"'{fp32}' has a static batch of {dims[0]}; export it with batch 1 for PTQ.")
+    return int(dims[2])
+
+
+def _fp32_onnx(model: str, out: Path, config: QuantizeConfig) -> Path:
+    from sparsepipe.export import ExportConfig, export_onnx
+
+    source = _model_source(model)
     if source.suffix == ".onnx":
         return source
     if source.suffix != ".pt":
@@ -544,26 +576,12 @@ def quantize(model: str, data: str, out: str | Path, config: QuantizeConfig | No
     variant = _variant(model, config)
     pool = train_images(data)  # validates --data like the data step, before any model is read
 
+    source = _model_source(model)
+    if source.suffix == ".onnx":  # every check of an ONNX input runs before --out changes
+        _calibration_size(_checked_fp32(source), source, config)
     claim_out(out)
     fp32 = _fp32_onnx(model, out, config)
-    fp32_model = read_onnx(fp32)  # random bytes: a ModelError naming the file, not a protobuf traceback
-    _refuse_quantized_onnx(fp32_model, fp32)
-    _, dims = _input_shape(fp32_model)
-    static = len(dims) == 4 and all(isinstance(d, int) and d > 0 for d in dims[2:])
-    if static:
-        if dims[2] != dims[3]:
-            raise ModelError(f"'{fp32}' has a non-square input {dims}; export it square (--imgsz N).")
-        if config.imgsz is not None and config.imgsz != dims[2]:
-            raise ConfigError(
-                f"imgsz={config.imgsz} does not match '{fp32.name}', whose input is static at {dims[2]} px "
-                f"({dims}): calibration images of the wrong size would not fit it. Use --imgsz {dims[2]}, "
-                f"or re-export the model at {config.imgsz}."
-            )
-        if isinstance(dims[0], int) and dims[0] != 1:
-            raise ModelError(f"'{fp32}' has a static batch of {dims[0]}; export it with batch 1 for PTQ.")
-        imgsz = int(dims[2])
-    else:
-        imgsz = config.imgsz or DEFAULT_IMGSZ
+    imgsz = _calibration_size(_checked_fp32(fp32), fp32, config)
     images = sample_images(pool, config.calibration_images, config.seed)
 
     fallback: list[str] = []
