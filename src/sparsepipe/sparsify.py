@@ -24,7 +24,7 @@ from sparsepipe.errors import ConfigError, SparsepipeError
 from sparsepipe.limits import check_epochs, check_input_size
 from sparsepipe.results import (StepResult, atomic_copy, atomic_write_bytes, atomic_write_text, check_out,
                                 claim_out)
-from sparsepipe.training import ULTRALYTICS_DIR
+from sparsepipe.training import ULTRALYTICS_DIR, remove_truncated_checkpoints
 
 
 @dataclasses.dataclass
@@ -272,11 +272,15 @@ def sparsify(
 
         trainer_cls = qat_trainer_class(trainer_cls, qat_controller)
     started = time.perf_counter()
-    if resume:
-        yolo.train(resume=True, trainer=trainer_cls)
-    else:
-        yolo.train(data=str(data_yaml), project=str(out), name=ULTRALYTICS_DIR, exist_ok=True,
-                   trainer=trainer_cls, **train_args)
+    try:
+        if resume:
+            yolo.train(resume=True, trainer=trainer_cls)
+        else:
+            yolo.train(data=str(data_yaml), project=str(out), name=ULTRALYTICS_DIR, exist_ok=True,
+                       trainer=trainer_cls, **train_args)
+    except OSError:  # a full disk mid-save: never leave a truncated last.pt for the next --resume
+        remove_truncated_checkpoints(out / ULTRALYTICS_DIR / "weights")
+        raise
     seconds = time.perf_counter() - started
     trainer = yolo.trainer
 

@@ -139,14 +139,18 @@ def train(
 
     claim_out(out)
     started = time.perf_counter()
-    results = yolo.train(
-        data=str(data_yaml),
-        project=str(out),
-        name=ULTRALYTICS_DIR,
-        exist_ok=True,
-        trainer=keep_architecture_trainer(trainer_class(yolo.task)),  # channel-pruned checkpoints keep their shapes
-        **config.ultralytics_args(),
-    )
+    try:
+        results = yolo.train(
+            data=str(data_yaml),
+            project=str(out),
+            name=ULTRALYTICS_DIR,
+            exist_ok=True,
+            trainer=keep_architecture_trainer(trainer_class(yolo.task)),  # channel-pruned checkpoints keep their shapes
+            **config.ultralytics_args(),
+        )
+    except OSError:  # a full disk mid-save: ultralytics writes last.pt/best.pt in place
+        remove_truncated_checkpoints(out / ULTRALYTICS_DIR / "weights")
+        raise
     seconds = time.perf_counter() - started
     trainer = yolo.trainer
     run_dir = Path(trainer.save_dir)
@@ -176,6 +180,22 @@ def train(
         tracker.log_artifact(str(plot), "plots")
     result.write()
     return result
+
+
+def remove_truncated_checkpoints(folder: Path) -> list[Path]:
+    """Delete the ``.pt`` files in ``folder`` that are not complete zip archives (torch's format).
+
+    ultralytics saves ``last.pt``/``best.pt`` in place; a write cut by a full disk leaves a file a
+    later ``--resume`` would try (and fail with a misleading message) to load. Complete files stay.
+    """
+    import zipfile
+
+    removed = []
+    for path in sorted(Path(folder).glob("*.pt")) if Path(folder).is_dir() else []:
+        if not zipfile.is_zipfile(path):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def _flat(config: TrainConfig) -> dict[str, Any]:

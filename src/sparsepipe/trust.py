@@ -180,9 +180,23 @@ def checkpoint_globals(path: str | os.PathLike[str]) -> list[str]:
     return checkpoint_scan(path)[0]
 
 
+def _starts_like_a_zip(path: Path) -> bool:
+    """True when the file begins with a zip member header (torch >= 1.6 checkpoints do)."""
+    try:
+        with path.open("rb") as handle:
+            return handle.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
+
+
 def checkpoint_scan(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
     """``(globals, calls)`` of every pickle inside a zip-format torch checkpoint (sorted, unique)."""
     path = Path(path)
+    if not zipfile.is_zipfile(path) and _starts_like_a_zip(path):
+        raise UntrustedCheckpointError(
+            f"Checkpoint {path} is truncated: it starts like a torch checkpoint but its end is missing (the write "
+            f"that made it was cut, e.g. by a full disk or a kill). Free space and re-run the step that wrote it."
+        )
     if not zipfile.is_zipfile(path):
         raise UntrustedCheckpointError(
             f"Checkpoint {path} is not a zip-format torch file (torch >= 1.6 writes zip), so sparsepipe "
