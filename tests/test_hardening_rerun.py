@@ -41,6 +41,9 @@ def _snapshot(out: Path) -> dict[Path, bytes]:
     ("benchmark", ["benchmark", "--model", "{dir}/missing.onnx", "--no-track"]),
     ("benchmark", ["benchmark", "--model", "{random}", "--no-track"]),
     ("quantize", ["quantize", "--model", "{dir}/missing.onnx", "--data", DATA, "--no-track"]),
+    ("quantize", ["quantize", "--method", "qat", "--model", "{dir}/missing.pt", "--data", DATA, "--recipe",
+                  "{dir}/missing.yaml", "--no-track"]),
+    ("quantize", ["quantize", "--method", "qat", "--model", "yolov8n.yaml", "--data", DATA, "--no-track"]),
 ])
 def test_refused_rerun_leaves_a_good_folder_unchanged(step, argv, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("SPARSEPIPE_TRUST_CHECKPOINT", raising=False)
