@@ -74,10 +74,14 @@ def test_scanner_names_dangerous_globals_in_every_protocol(protocol, tmp_path):
 
 def test_stack_global_tricks_are_unresolved_and_refused():
     # STACK_GLOBAL whose operands were pushed earlier and hidden below other values: the scanner
-    # must not believe the two strings right before it ("torch", "Size") name the global.
+    # must not believe the two strings right before it ("torch", "Size") name the global; it
+    # simulates the stack (issue 15), so it sees the real one.
     ops = (b"\x80\x04" + b"\x8c\x02os" + b"\x8c\x06system" + b"\x8c\x05torch" + b"\x8c\x04Size"
            + b"0" + b"0" + b"\x93" + b"\x8c\x04true" + b"\x85R" + b".")  # POP POP STACK_GLOBAL ...
-    assert pickle_globals(ops) == [UNRESOLVED]
+    assert pickle_globals(ops) == ["os.system"]
+    # operands that are not string constants cannot be named: refused
+    computed = b"\x80\x04" + b"\x8c\x02os" + b"\x8c\x06system" + b"\x86" + b"0" + b"N" + b"N" + b"\x93" + b"."
+    assert pickle_globals(computed) == [UNRESOLVED]
     assert disallowed_globals([UNRESOLVED]) == [UNRESOLVED]
     # operands fetched from the memo are followed
     memo = (b"\x80\x04" + b"\x8c\x05torch\x94" + b"\x8c\x04Size\x94" + b"0" + b"0" + b"h\x00h\x01\x93" + b".")

@@ -195,7 +195,7 @@ def test_bad_inputs_are_clear(ptq, trained, tmp_path):
     (empty / "images" / "train").mkdir(parents=True)
     shutil.copytree(trained.data_dir / "images" / "val", empty / "images" / "val")
     (empty / "data.yaml").write_text(f"path: {empty}\ntrain: images/train\nval: images/val\nnames: {{0: a}}\n")
-    with pytest.raises(DataError, match="calibration images"):
+    with pytest.raises(DataError, match="train split is empty"):  # the shared --data check (issue 15 item 4)
         quantize(str(trained.export_dir), str(empty / "data.yaml"), tmp_path / "c")
     with pytest.raises(SparsepipeError, match="needs a recipe"):
         quantize(str(trained.export_dir), data, tmp_path / "d", QuantizeConfig(method="qat"))

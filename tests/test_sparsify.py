@@ -147,11 +147,37 @@ def test_killed_run_resumes_to_the_same_sparsities(pruned, trained, tmp_path):
     state = checkpoint_state(out / "ultralytics" / "weights" / "last.pt")
     assert state["epoch"] == pytest.approx(1.0)
 
-    resumed = sparsify(str(trained.train_dir), str(trained.data_dir), None, out, SparsifyConfig(**CONFIG), resume=True)
+    # resumed from the CLI with none of the original flags (issue 15: the defaults, a generated set at
+    # 320 px, used to end up in the final evaluation and result.json)
+    from sparsepipe.cli import main
+
+    assert main(["sparsify", "--resume", "--out", str(out), "--no-track", "--workers", "0"]) == 0
+    resumed = read_result(out)
     want, got = weights_of(result.path("weights")), weights_of(resumed.path("weights"))
     for name in result.extra["targets"]:
         assert zeros(got[name]) == zeros(want[name]), name
-    assert read_result(out).metrics["sparsity"] == pytest.approx(0.5, abs=1e-4)
+    assert resumed.metrics["sparsity"] == pytest.approx(0.5, abs=1e-4)
+    assert resumed.config["data"] == str(trained.data_dir) and resumed.config["model"] == str(trained.train_dir)
+    assert resumed.config["imgsz"] == 64 and resumed.config["recipe"] is None and resumed.config["resume"] is True
+    assert Path(resumed.files["data_yaml"]) == Path(result.files["data_yaml"])
+
+
+def test_resume_of_a_finished_run_changes_nothing(pruned, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from sparsepipe.cli import main
+
+    result, _ = pruned
+    out = tmp_path / "done"
+    shutil.copytree(result.out_dir, out)
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
+    monkeypatch.chdir(tmp_path)  # ultralytics used to start a new training into ./runs/detect/train
+    assert main(["sparsify", "--resume", "--out", str(out), "--no-track"]) == 2
+    err = capsys.readouterr().err
+    assert "Nothing to resume" in err and "complete" in err and "Traceback" not in err, err
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    assert not (tmp_path / "runs").exists()
 
 
 def test_bad_inputs_fail_before_training(trained, tmp_path):

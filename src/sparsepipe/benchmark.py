@@ -48,7 +48,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from sparsepipe.errors import ConfigError, ModelError
-from sparsepipe.results import StepResult
+from sparsepipe.limits import check_input_size, check_threads
+from sparsepipe.results import StepResult, check_out, claim_out
 
 def _available_engines() -> tuple[str, ...]:
     from sparsepipe.deepsparse_engine import deepsparse_available
@@ -108,6 +109,12 @@ class BenchmarkConfig:
         self.batches = tuple(self.batches)
         if any(not isinstance(b, int) or b < 1 for b in self.batches) or len(set(self.batches)) != len(self.batches):
             raise ConfigError(f"batches={self.batches!r} must be distinct positive integers, e.g. --batch 1,4,8.")
+        check_threads("threads", self.threads)
+        check_threads("streams", self.streams)
+        if self.imgsz is not None and (not isinstance(self.imgsz, int) or self.imgsz < 32):
+            raise ConfigError(f"imgsz={self.imgsz!r} must be an integer of at least 32 pixels (or unset: 640).")
+        for batch in self.batch_list:
+            check_input_size(batch, self.imgsz or 640, "inference")
         if self.scenario not in ("sync", "async"):
             raise ConfigError(f"scenario={self.scenario!r} must be 'sync' (latency) or 'async' (throughput with --streams).")
         if self.scenario == "sync" and self.streams != 1:
@@ -383,12 +390,11 @@ def benchmark(
 
     config = config or BenchmarkConfig()
     tracker = tracker or Tracker()
-    out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "result.json").unlink(missing_ok=True)
+    out = check_out(out)  # a run refused for its model leaves a good --out as it was (claim_out below)
 
     path, variant = _onnx_path(model)
     base_path = _onnx_path(baseline)[0] if baseline else None
+    claim_out(out)  # the old result goes before timing: a killed run never leaves it beside new files
     models = [path] if base_path is None else [path, base_path]
     sweep: list[dict[str, Any]] = []
     with pinned(config) as cpus:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sparsepipe import __version__
-from sparsepipe.errors import SparsepipeError
+from sparsepipe.errors import SparsepipeError, describe_os_error
 
 DATA_HELP = (
     "dataset SOURCE: 'synthetic[:train=N,val=N,seed=S,size=PX,classes=K,task=detect|segment]', "
@@ -431,6 +431,12 @@ def main(argv: list[str] | None = None) -> int:
     except SparsepipeError as exc:
         print(f"sparsepipe {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a full disk, a read-only mount, a name too long: the user's to fix
+        message = describe_os_error(exc)
+        if message is None:
+            raise
+        print(f"sparsepipe {args.command}: error: {message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"sparsepipe {args.command}: interrupted; outputs of the unfinished step have no result.json.", file=sys.stderr)
         return 130

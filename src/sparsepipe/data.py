@@ -42,7 +42,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from sparsepipe.errors import ConfigError, DataError, SparsepipeError
-from sparsepipe.results import RESULT_FILE, StepResult, atomic_write_text, read_result
+from sparsepipe.results import RESULT_FILE, StepResult, atomic_write_text, publish_mode, read_result
 from sparsepipe.synthetic import GENERATOR_VERSION, PRESETS, SyntheticConfig, generate_dataset
 
 CACHE_ENV = "SPARSEPIPE_CACHE"
@@ -267,6 +267,10 @@ def _load_yaml(path: Path) -> Any:
         raise DataError(f"{path}: cannot read the data YAML ({exc}).") from None
 
 
+class NoDataYaml(DataError):
+    """A folder holds no data YAML at all (raised by :func:`find_data_yaml`)."""
+
+
 def _looks_like_data_yaml(path: Path) -> bool:
     try:
         import yaml
@@ -288,6 +292,7 @@ def find_data_yaml(folder: Path, max_depth: int = 3) -> Path:
             res = None
         if res is not None and res.step == "data" and "data_yaml" in res.files:
             return res.path("data_yaml").resolve()
+    named_data: list[Path] = []  # data.yaml/data.yml files, even unparseable or incomplete ones
     for depth in range(max_depth + 1):
         found = []
         for root, dirs, files in os.walk(folder):
@@ -299,6 +304,7 @@ def find_data_yaml(folder: Path, max_depth: int = 3) -> Path:
             )  # fmt: skip
             if level != depth:
                 continue
+            named_data += [Path(root) / n for n in sorted(files) if n.lower() in ("data.yaml", "data.yml")]
             for name in sorted(files):
                 if name.lower().endswith((".yaml", ".yml")) and _looks_like_data_yaml(
                     Path(root) / name
@@ -312,7 +318,9 @@ def find_data_yaml(folder: Path, max_depth: int = 3) -> Path:
                 f"{folder} holds several data YAMLs ({', '.join(str(p) for p in found[:5])}): "
                 f"pass the one you mean as --source."
             )
-    raise DataError(
+    if named_data:  # a data.yaml with a syntax error or a missing key: _load_yaml / _scan say which
+        return named_data[0].resolve()
+    raise NoDataYaml(
         f"No data YAML (a YAML with train:, val: and names:) in {folder} or its subfolders "
         f"(down to {max_depth} levels). {SOURCE_FORMS}"
     )
@@ -459,8 +467,12 @@ def _check_image(path: Path) -> str | None:
 
 
 def _check_labels(path: Path, nc: int, kpt_values: int | None, problems: _Problems,
-                  per_class: Counter) -> tuple[int, str | None]:  # fmt: skip
-    """Check one label file; returns (rows, task of its rows or None when empty)."""
+                  per_class: Counter, quote: bool = True) -> tuple[int, str | None]:  # fmt: skip
+    """Check one label file; returns (rows, task of its rows or None when empty).
+
+    ``quote=False`` (a label reached through a link to outside the dataset) keeps its text out of
+    the messages: a link to ``/etc/shadow`` must not print its lines.
+    """
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -475,7 +487,8 @@ def _check_labels(path: Path, nc: int, kpt_values: int | None, problems: _Proble
         try:
             values = [float(v) for v in parts]
         except ValueError:
-            problems.add(where, f"non-numeric value in {' '.join(parts)[:60]!r}")
+            shown = repr(" ".join(parts)[:60]) if quote else "(not quoted: the file is a link to outside the dataset)"
+            problems.add(where, f"non-numeric value in {shown}")
             continue
         n = len(values)
         if kpt_values is not None:
@@ -564,17 +577,23 @@ def _scan(data_yaml: Path, check_files: bool, max_listed_errors: int) -> Dataset
             )
         images[split] = len(files)
         instances[split] = 0
+        labelled = 0
         for img in files:
             if check_files:
                 msg = _check_image(img)
                 if msg:
                     problems.add(str(img), msg)
             lbl = label_path(img)
+            if lbl.is_dir():
+                problems.add(str(lbl), "is a folder, not a label file (one .txt of rows per image)")
+                continue
             if not lbl.is_file():
                 background += 1
                 continue
+            labelled += 1
             if check_files:
-                rows, task = _check_labels(lbl, len(names), kpt_values, problems, per_class)
+                quote = _inside_dataset(lbl, root)
+                rows, task = _check_labels(lbl, len(names), kpt_values, problems, per_class, quote)
             else:
                 rows, task = _count_labels(lbl, per_class)
             instances[split] += rows
@@ -582,6 +601,7 @@ def _scan(data_yaml: Path, check_files: bool, max_listed_errors: int) -> Dataset
                 tasks.add(task)
             else:
                 background += 1
+        _check_split_has_labels(split, files, labelled, data_yaml, problems)
     if problems.count:
         more = problems.count - len(problems.listed)
         listing = "\n  ".join(problems.listed)
@@ -601,6 +621,25 @@ def _scan(data_yaml: Path, check_files: bool, max_listed_errors: int) -> Dataset
         instances=instances,
         instances_per_class={i: per_class.get(i, 0) for i in names},
         background_images=background,
+    )
+
+
+def _inside_dataset(path: Path, root: Path) -> bool:
+    """False when ``path`` is reached through a symbolic link that leads outside the dataset ``root``."""
+    real = path.resolve()
+    return real == Path(os.path.abspath(path)) or real.is_relative_to(root.resolve())
+
+
+def _check_split_has_labels(split: str, files: list[Path], labelled: int, data_yaml: Path,
+                            problems: _Problems) -> None:  # fmt: skip
+    """A train or val split whose images have no label file at all cannot be trained or scored."""
+    if split == "test" or not files or labelled:
+        return
+    problems.add(
+        str(data_yaml),
+        f"{split} split has no label files: none of its {len(files)} images has one (the first "
+        f"would be {label_path(files[0])}); put one .txt per image in a labels/ folder beside "
+        f"images/ (ultralytics' layout)",
     )
 
 
@@ -836,6 +875,7 @@ def _fill_cache_entry(final: Path, fill, refresh: bool) -> Path:
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    publish_mode(tmp)
     try:
         fill(tmp)
         if final.exists():
@@ -888,7 +928,15 @@ def _fetched_entry(source: Source, cache_dir: Path, config: DataConfig) -> Path:
             safe_extract(archive, tree, **limits)
             if source.kind == "http":
                 archive.unlink()
-        yaml_path = find_data_yaml(tree)
+        try:
+            yaml_path = find_data_yaml(tree)
+        except NoDataYaml:  # its message would name the temporary extraction folder in the cache
+            raise NoDataYaml(
+                f"{_redact(source.value) if source.kind == 'http' else source.value} holds no data YAML (a YAML "
+                f"with train:, val: and names:) within 3 folder levels. Put a data.yaml at the top of the "
+                f"archive (or prefix). {SOURCE_FORMS}"
+            ) from None
+        _check_paths_inside(yaml_path, tree, _redact(source.value) if source.kind == "http" else source.value)
         _make_relocatable(yaml_path)
         marker = {"source": _redact(source.value) if source.kind == "http" else source.value,
                   "data_yaml": os.path.relpath(yaml_path, tmp)}  # fmt: skip
@@ -909,6 +957,34 @@ def _fetched_entry(source: Source, cache_dir: Path, config: DataConfig) -> Path:
         return find_data_yaml(final)
 
 
+def _escaping_paths(yaml_path: Path, inside: Path) -> list[str]:
+    """The ``path:``, split entries and listed images of a data YAML that resolve outside ``inside``."""
+    data = _load_yaml(yaml_path)
+    if not isinstance(data, dict):
+        return []  # _scan explains what a data YAML must hold
+    root = _dataset_root(data, yaml_path)
+    found = [] if root.resolve().is_relative_to(inside) else [f"path: {data.get('path')}"]
+    for split in SPLITS:
+        for entry in _split_entries(data, root, split) or []:
+            if not entry.is_relative_to(inside):
+                found.append(f"{split}: {entry}")
+            elif entry.suffix.lower() == ".txt" and entry.is_file():
+                found += [f"{split}: {entry.name} lists {image}" for image, _ in _entry_images(entry)
+                          if not image.resolve().is_relative_to(inside)][:1]
+    return found
+
+
+def _check_paths_inside(yaml_path: Path, tree: Path, source: str) -> None:
+    """Refuse a fetched dataset whose data YAML reaches files outside its own folder (host files)."""
+    escaping = _escaping_paths(yaml_path, tree.resolve())
+    if escaping:
+        raise DataError(
+            f"The data YAML of {source} points outside the dataset ({'; '.join(escaping[:3])}): a downloaded or "
+            f"extracted dataset may only use paths inside its own folder. Make its paths relative to the data "
+            f"YAML (train: images/train, val: images/val) and drop absolute 'path:' values."
+        )
+
+
 def _check_sha256_applies(src: Source, config: DataConfig) -> None:
     if config.sha256 and src.kind not in ("http", "s3", "archive"):
         raise ConfigError(
@@ -926,9 +1002,52 @@ def resolve_data(source: str | os.PathLike, cache_dir: Path | None = None, *,
     hash of the URI), local folders and YAMLs are used in place (a ``sparsepipe data`` out
     folder gives its ``data.yaml``). A local YAML with a relative ``path:`` (which ultralytics
     would resolve against its own datasets folder) gets a normalized copy in the cache.
+
+    Every step that takes ``--data`` resolves it here, so every step checks it the way the data
+    step does (:func:`validate_dataset`, unless ``config.validate`` is False): a bad image or label
+    row is a :class:`DataError` before any model is loaded, not an ultralytics warning.
     """
     config = config or DataConfig(cache_dir=cache_dir)
     cache = Path(cache_dir).expanduser() if cache_dir else Path(config.cache_dir)
+    yaml_path = _resolve(source, cache, config)
+    if config.validate:
+        _validate_once(yaml_path, cache, config.max_listed_errors)
+    return yaml_path
+
+
+def _validation_stamp(yaml_path: Path) -> str:
+    """A digest of the data YAML's bytes and the path, size and mtime of every image and label."""
+    digest = hashlib.sha256(yaml_path.read_bytes())
+    for split in SPLITS:
+        for image in split_images(yaml_path, split):
+            for path in (image, label_path(image)):
+                try:
+                    st = path.stat()
+                except OSError:
+                    digest.update(f"{split}|{path}|missing\n".encode())
+                    continue
+                digest.update(f"{split}|{path}|{st.st_mode}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _validate_once(yaml_path: Path, cache: Path, max_listed_errors: int) -> None:
+    """:func:`validate_dataset`, skipped when these exact files already passed (a stamp in the cache).
+
+    Decoding every image takes minutes on a large dataset and every step would repeat it; the
+    stamp covers each file's size and modification time, so any change is checked again.
+    """
+    stamp = cache / "validated" / _validation_stamp(yaml_path)
+    if stamp.is_file():
+        return
+    validate_dataset(yaml_path, max_listed_errors)
+    try:
+        atomic_write_text(stamp, f"{yaml_path}\n")
+    except OSError:  # a read-only cache only costs a re-check next time
+        pass
+
+
+def _resolve(source: str | os.PathLike, cache: Path, config: DataConfig) -> Path:
+    """The data YAML of SOURCE (see :func:`resolve_data`), not yet validated."""
     src = parse_source(source)
     _check_sha256_applies(src, config)
     if src.kind == "synthetic":
@@ -1049,12 +1168,13 @@ def prepare_data(source: str | os.PathLike, out: str | os.PathLike,
     _check_out_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    publish_mode(tmp)  # mkdtemp makes it 0700; the renamed --out follows the umask
     try:
         if src.kind == "synthetic":
             generate_dataset(tmp, src.synthetic, progress=config.progress)
             summary = _scan(tmp / DATA_YAML, config.validate, config.max_listed_errors)
         else:
-            src_yaml = resolve_data(source, config=config)
+            src_yaml = resolve_data(source, config=dataclasses.replace(config, validate=False))  # _scan below
             # Validate the source, so errors name the user's own files, then copy.
             summary = _scan(src_yaml, config.validate, config.max_listed_errors)
             _materialize(src_yaml, tmp)

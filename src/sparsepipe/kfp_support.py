@@ -182,7 +182,8 @@ def open_run(
         return context.to_json()
     if not uri:
         return context.to_json()
-    parent = resolve_tracker(context.experiment, run_name or None, tracking_uri=uri, tags=tags)
+    # left RUNNING when this task exits (close_run ends it): no owner tag, or the next start would mark it KILLED
+    parent = resolve_tracker(context.experiment, run_name or None, tracking_uri=uri, tags=tags, outlives_process=True)
     parent.log_params(dict(params or {}))
     context.parent_run_id = str(parent.run_id)  # left RUNNING: close_run ends it
     return context.to_json()

@@ -34,7 +34,7 @@ def letterbox(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Let
     height, width = image.shape[:2]
     target_h, target_w = size
     gain = min(target_h / height, target_w / width)
-    new_w, new_h = round(width * gain), round(height * gain)
+    new_w, new_h = max(1, round(width * gain)), max(1, round(height * gain))  # OpenCV asserts on 0
     if (new_w, new_h) != (width, height):
         image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     spare_w, spare_h = (target_w - new_w) / 2, (target_h - new_h) / 2

@@ -105,10 +105,96 @@ def resolve_model_path(model: str, cache_dir: Path | None = None) -> str:
                 f"the step that produced it."
             )
         check_checkpoint(path)  # a .pt is a pickle: refuse one that would import code (sparsepipe.trust)
+        if path.suffix.lower() in (".yaml", ".yml"):
+            check_model_config(_read_config(path), str(path))
         return str(path)
     if path.suffix not in (".yaml", ".yml"):
         raise _unknown_model(model, "not a .yaml config, .pt checkpoint or .onnx file")
+    if path.is_file():  # a user's config (ultralytics prefers a local file over its own of that name)
+        check_model_config(_read_config(path), str(path))
     return model
+
+
+def _read_config(path: Path) -> object:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ModelError(f"Model config {path} cannot be read as YAML ({type(exc).__name__}: {exc}); "
+                         f"fix the file or give a config name such as yolov8n.yaml.") from None
+
+
+def _plain_activation(act: str) -> bool:
+    """Whether ``act`` is ``nn.Name(...)`` / ``torch.nn.Name(...)`` with only number/bool arguments."""
+    import ast
+
+    import torch
+
+    try:
+        call = ast.parse(act.strip(), mode="eval").body
+    except (SyntaxError, ValueError):
+        return False
+    if not isinstance(call, ast.Call):
+        return False
+    func, chain = call.func, []
+    while isinstance(func, ast.Attribute):
+        chain.insert(0, func.attr)
+        func = func.value
+    if not isinstance(func, ast.Name) or [func.id, *chain[:-1]] not in (["nn"], ["torch", "nn"]) or not chain:
+        return False
+    values = [*call.args, *(k.value for k in call.keywords)]
+    if any(k.arg is None for k in call.keywords) or not all(
+            isinstance(v, ast.Constant) and isinstance(v.value, (int, float, bool)) for v in values):
+        return False
+    cls = getattr(torch.nn, chain[-1], None)
+    return isinstance(cls, type) and issubclass(cls, torch.nn.Module)
+
+
+def _layer_class(name: object) -> bool:
+    """Whether a config layer name resolves to a torch.nn.Module class (as ultralytics resolves it)."""
+    import torch
+    from ultralytics.nn import tasks
+
+    if not isinstance(name, str):
+        return False
+    if name.startswith("nn."):
+        obj = getattr(torch.nn, name[3:], None)
+    elif name.startswith("torchvision.ops."):
+        import torchvision
+
+        obj = getattr(torchvision.ops, name[16:], None)
+    else:
+        obj = getattr(tasks, name, None)
+    return isinstance(obj, type) and issubclass(obj, torch.nn.Module)
+
+
+def check_model_config(cfg: object, source: str) -> None:
+    """Refuse a model config that would make ultralytics run code while building the model.
+
+    ultralytics ``eval()``s the ``activation`` string and calls whatever global of its ``tasks``
+    module a layer names. Only ``nn.<Module>(numbers)`` activations and layers that are
+    ``torch.nn.Module`` classes pass. ``source`` names the file (or checkpoint) in the error.
+    """
+    if not isinstance(cfg, dict):
+        raise ModelError(f"Model config {source} is not a YAML mapping with 'backbone' and 'head' lists; "
+                         f"start from an ultralytics config such as yolov8n.yaml.")
+    act = cfg.get("activation")
+    if act is not None and not (isinstance(act, str) and _plain_activation(act)):
+        raise ModelError(
+            f"Model config {source}: activation {str(act)[:120]!r} is not a plain torch.nn module such as "
+            f"nn.SiLU(), nn.ReLU() or nn.LeakyReLU(0.1). ultralytics evaluates this string as Python, so "
+            f"sparsepipe refuses anything else. Fix the 'activation' field or remove it."
+        )
+    for part in ("backbone", "head"):
+        for i, row in enumerate(cfg.get(part) or []):
+            layer = row[2] if isinstance(row, (list, tuple)) and len(row) >= 3 else None
+            if not _layer_class(layer):
+                raise ModelError(
+                    f"Model config {source}: {part} layer {i} names {str(layer)[:80]!r}, which is not a "
+                    f"torch.nn or ultralytics layer class (e.g. Conv, C2f, SPPF, Detect, nn.Upsample). "
+                    f"ultralytics would call it while building the model; fix that layer."
+                )
 
 
 def _s3_verified(uri: str, local: Path) -> bool:
@@ -130,9 +216,21 @@ def load_yolo(model: str, task: str | None = None, cache_dir: Path | None = None
     """Build or load an ultralytics ``YOLO`` object, turning ultralytics' errors into ModelError."""
     from ultralytics import YOLO
 
+    from sparsepipe.trust import enforcing_loads
+
     ref = resolve_model_path(model, cache_dir)
+    if str(ref).lower().endswith(".onnx") and Path(ref).is_file():
+        from sparsepipe.export import check_yolo_onnx, read_onnx  # lazy: onnx is only needed for .onnx
+
+        check_yolo_onnx(read_onnx(ref), model)  # ultralytics would fail with an IndexError mid-validation
     try:
-        return YOLO(ref, task=task)
+        with enforcing_loads(ref):  # torch's weights_only unpickler: no class called with file data
+            yolo = YOLO(ref, task=task)
+        if Path(ref).suffix.lower() == ".pt" and isinstance(getattr(yolo.model, "yaml", None), dict):
+            check_model_config(yolo.model.yaml, f"inside checkpoint {model}")  # train rebuilds from it
+        return yolo
+    except ModelError:
+        raise
     except FileNotFoundError as exc:
         raise _unknown_model(model, f"ultralytics has no such config ({exc})") from None
     except (RuntimeError, KeyError, ValueError, AttributeError, OSError) as exc:

@@ -25,6 +25,7 @@ import numpy as np
 from sparsepipe.errors import ConfigError, ModelError
 from sparsepipe.image_input import DEFAULT_MAX_PIXELS, load_image
 from sparsepipe.letterbox import LetterboxInfo, letterbox, unletterbox_boxes
+from sparsepipe.limits import check_threads
 from sparsepipe.nms import batched_nms, xywh_to_xyxy
 
 PREDICT_ENGINES = ("onnxruntime", "openvino", "deepsparse")
@@ -54,6 +55,7 @@ class PredictConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name}={value!r} must be a positive integer.")
+        check_threads("threads", self.threads)
 
 
 @dataclasses.dataclass
@@ -111,9 +113,10 @@ class ModelInfo:
 
     @classmethod
     def read(cls, path: Path) -> ModelInfo:
-        from sparsepipe.export import read_onnx
+        from sparsepipe.export import check_yolo_onnx, read_onnx
 
         model = read_onnx(path)
+        check_yolo_onnx(model, path)  # any other graph would fail later with an IndexError
         meta = {p.key: p.value for p in model.metadata_props}
         initializers = {i.name for i in model.graph.initializer}
         inputs = [i for i in model.graph.input if i.name not in initializers]

@@ -809,7 +809,9 @@ def qdq_plan(graph_model: Any, ranges: dict[tuple[str, str], tuple[float, int]],
 
 
 def _checkpoint_data(checkpoint: Path) -> str | None:
-    ckpt = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
+    from sparsepipe.trust import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
     args = ckpt.get("train_args") if isinstance(ckpt, dict) else None
     data = args.get("data") if isinstance(args, dict) else None
     return str(data) if data and Path(str(data)).is_file() else None
@@ -912,7 +914,7 @@ def qat(model: str, data: str, recipe: str | None, out: str | Path, config: QATC
     """
     from sparsepipe.evaluate import EvaluateConfig, evaluate
     from sparsepipe.recipe import load_recipe, parse_recipe_args
-    from sparsepipe.results import StepResult, begin_step
+    from sparsepipe.results import StepResult, check_out, claim_out
     from sparsepipe.sizes import file_sizes
     from sparsepipe.sparsify import sparsify
     from sparsepipe.tracking import Tracker
@@ -921,7 +923,7 @@ def qat(model: str, data: str, recipe: str | None, out: str | Path, config: QATC
     if not isinstance(config, QATConfig):
         config = QATConfig(**dataclasses.asdict(config))
     tracker = tracker or Tracker()
-    out = begin_step(out)
+    out = check_out(out)  # a run refused below leaves a good --out as it was (claim_out)
     if not resume:
         from sparsepipe.models import resolve_model_path
 
@@ -936,6 +938,7 @@ def qat(model: str, data: str, recipe: str | None, out: str | Path, config: QATC
             raise SparsepipeError(f"The recipe {recipe} has no !QuantizationModifier: QAT needs one "
                                   f"(see recipes/yolov8n-quick-test.yaml), or use --method ptq.")
     train_cfg = SparsifyConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(SparsifyConfig)})
+    claim_out(out)
     trained = sparsify(model, data, recipe, out / "train", train_cfg, recipe_args=recipe_args,
                        teacher=teacher, resume=resume, tracker=tracker)
     weights = trained.path("weights")

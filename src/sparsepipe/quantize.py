@@ -37,8 +37,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from sparsepipe.errors import ConfigError, DataError, ModelError, SparsepipeError
-from sparsepipe.export import onnx_param_count
-from sparsepipe.results import StepResult, atomic_write_with, begin_step, inherited_variant
+from sparsepipe.export import onnx_param_count, read_onnx
+from sparsepipe.limits import check_input_size
+from sparsepipe.results import StepResult, atomic_write_with, check_out, claim_out, inherited_variant
 from sparsepipe.sizes import file_sizes
 
 METHODS = ("ptq", "qat")
@@ -123,6 +124,10 @@ class QuantizeConfig:
         self.exclude_nodes = tuple(self.exclude_nodes)
         if self.activation_type not in ACTIVATION_TYPES:
             raise ConfigError(f"activation_type={self.activation_type!r}: choose uint8 (default) or int8.")
+        if self.imgsz is not None:
+            if isinstance(self.imgsz, bool) or not isinstance(self.imgsz, int) or self.imgsz < 32 or self.imgsz % 32:
+                raise ConfigError(f"imgsz={self.imgsz!r} must be a multiple of 32 (e.g. 320 or 640), or unset.")
+            check_input_size(1, self.imgsz, "calibration")
         if self.weight_type not in WEIGHT_TYPES:
             raise ConfigError(
                 f"weight_type={self.weight_type!r}: only int8 is supported (symmetric weights keep "
@@ -375,11 +380,43 @@ def _refuse_quantized_onnx(model: Any, path: Path) -> None:
         )
 
 
-def _fp32_onnx(model: str, out: Path, config: QuantizeConfig) -> Path:
-    from sparsepipe.export import ExportConfig, export_onnx
+def _model_source(model: str) -> Path:
+    """The local file ``model`` names (a missing one is a ModelError naming it)."""
     from sparsepipe.models import resolve_model_path
 
-    source = Path(resolve_model_path(model))
+    return Path(resolve_model_path(model))
+
+
+def _checked_fp32(fp32: Path) -> Any:
+    """The ONNX graph of ``fp32``, refused if unreadable (random bytes) or already quantized."""
+    fp32_model = read_onnx(fp32)  # a ModelError naming the file, not a protobuf traceback
+    _refuse_quantized_onnx(fp32_model, fp32)
+    return fp32_model
+
+
+def _calibration_size(fp32_model: Any, fp32: Path, config: QuantizeConfig) -> int:
+    """Image size to calibrate at: the ONNX's static size (checked against ``config.imgsz``), else imgsz."""
+    _, dims = _input_shape(fp32_model)
+    static = len(dims) == 4 and all(isinstance(d, int) and d > 0 for d in dims[2:])
+    if not static:
+        return config.imgsz or DEFAULT_IMGSZ
+    if dims[2] != dims[3]:
+        raise ModelError(f"'{fp32}' has a non-square input {dims}; export it square (--imgsz N).")
+    if config.imgsz is not None and config.imgsz != dims[2]:
+        raise ConfigError(
+            f"imgsz={config.imgsz} does not match '{fp32.name}', whose input is static at {dims[2]} px "
+            f"({dims}): calibration images of the wrong size would not fit it. Use --imgsz {dims[2]}, "
+            f"or re-export the model at {config.imgsz}."
+        )
+    if isinstance(dims[0], int) and dims[0] != 1:
+        raise ModelError(f"'{fp32}' has a static batch of {dims[0]}; export it with batch 1 for PTQ.")
+    return int(dims[2])
+
+
+def _fp32_onnx(model: str, out: Path, config: QuantizeConfig) -> Path:
+    from sparsepipe.export import ExportConfig, export_onnx
+
+    source = _model_source(model)
     if source.suffix == ".onnx":
         return source
     if source.suffix != ".pt":
@@ -525,8 +562,6 @@ def _variant(model: str, config: QuantizeConfig) -> str:
 
 def quantize(model: str, data: str, out: str | Path, config: QuantizeConfig | None = None, tracker: Any = None) -> StepResult:
     """Quantize ``model`` to ``<out>/model_int8.onnx`` (PTQ, calibrated on ``data``'s train split)."""
-    import onnx
-
     from sparsepipe.tracking import Tracker
 
     config = config or QuantizeConfig()
@@ -537,29 +572,17 @@ def quantize(model: str, data: str, out: str | Path, config: QuantizeConfig | No
             "`sparsepipe quantize --method qat --recipe RECIPE ...`; quantize() itself does PTQ."
         )
     tracker = tracker or Tracker()
-    out = begin_step(out)
+    out = check_out(out)  # nothing in --out changes before --data is checked (claim_out)
     variant = _variant(model, config)
+    pool = train_images(data)  # validates --data like the data step, before any model is read
 
+    source = _model_source(model)
+    if source.suffix == ".onnx":  # every check of an ONNX input runs before --out changes
+        _calibration_size(_checked_fp32(source), source, config)
+    claim_out(out)
     fp32 = _fp32_onnx(model, out, config)
-    fp32_model = onnx.load(str(fp32))
-    _refuse_quantized_onnx(fp32_model, fp32)
-    _, dims = _input_shape(fp32_model)
-    static = len(dims) == 4 and all(isinstance(d, int) and d > 0 for d in dims[2:])
-    if static:
-        if dims[2] != dims[3]:
-            raise ModelError(f"'{fp32}' has a non-square input {dims}; export it square (--imgsz N).")
-        if config.imgsz is not None and config.imgsz != dims[2]:
-            raise ConfigError(
-                f"imgsz={config.imgsz} does not match '{fp32.name}', whose input is static at {dims[2]} px "
-                f"({dims}): calibration images of the wrong size would not fit it. Use --imgsz {dims[2]}, "
-                f"or re-export the model at {config.imgsz}."
-            )
-        if isinstance(dims[0], int) and dims[0] != 1:
-            raise ModelError(f"'{fp32}' has a static batch of {dims[0]}; export it with batch 1 for PTQ.")
-        imgsz = int(dims[2])
-    else:
-        imgsz = config.imgsz or DEFAULT_IMGSZ
-    images = sample_images(train_images(data), config.calibration_images, config.seed)
+    imgsz = _calibration_size(_checked_fp32(fp32), fp32, config)
+    images = sample_images(pool, config.calibration_images, config.seed)
 
     fallback: list[str] = []
     target, excluded, op_types = quantize_onnx(fp32, out / "model_int8.onnx", images, imgsz, config, fallback=fallback)

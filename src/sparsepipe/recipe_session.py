@@ -31,9 +31,9 @@ STATE_KEY = "sparsepipe"  # key of sparsepipe's state inside ultralytics checkpo
 
 def checkpoint_state(path: str | Path) -> dict[str, Any] | None:
     """sparsepipe's recipe state stored in an ultralytics checkpoint, or None."""
-    import torch
+    from sparsepipe.trust import load_checkpoint
 
-    ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(path)  # scanned, then torch's enforcing unpickler (SECURITY.md)
     return ckpt.get(STATE_KEY) if isinstance(ckpt, dict) else None
 
 
@@ -42,8 +42,9 @@ def write_checkpoint_state(path: str | Path, state: dict[str, Any]) -> None:
     import torch
 
     from sparsepipe.results import atomic_write_with
+    from sparsepipe.trust import load_checkpoint
 
-    ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(path)
     ckpt[STATE_KEY] = state
     atomic_write_with(path, lambda tmp: torch.save(ckpt, tmp))
 

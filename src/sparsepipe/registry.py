@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsepipe.errors import ConfigError, SparsepipeError
+from sparsepipe.results import publish_mode
 
 __all__ = [
     "REGISTRY_PREFIX",
@@ -136,6 +137,7 @@ def download_model_version(uri: str, cache_dir: Path | None = None, tracking_uri
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    publish_mode(tmp)
     try:
         import mlflow.artifacts
 

@@ -21,6 +21,29 @@ from sparsepipe.errors import SparsepipeError
 RESULT_FILE = "result.json"
 
 
+def current_umask() -> int:
+    """This process's umask (read from /proc where possible: setting it to read it is not thread-safe)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def publish_mode(path: str | os.PathLike) -> None:
+    """Give a file or folder made by ``tempfile`` (0600/0700) the mode a plain ``open``/``mkdir`` gives.
+
+    Steps write through temporary names and rename; without this their outputs would be readable by
+    their owner only, unlike everything else the user's umask allows others to read.
+    """
+    base = 0o777 if Path(path).is_dir() else 0o666
+    os.chmod(path, base & ~current_umask())
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder, then rename.
 
@@ -34,6 +57,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        publish_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -57,6 +81,7 @@ def atomic_write_with(path: str | os.PathLike, write: "Callable[[str], None]") -
     os.close(fd)
     try:
         write(tmp)
+        publish_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -68,11 +93,35 @@ def begin_step(out: str | os.PathLike) -> Path:
     """Create a step's out folder and remove any previous ``result.json`` (its commit marker).
 
     A step writes ``result.json`` last, so a folder without one never holds a result that a
-    later step would trust.
+    later step would trust. Steps that check their arguments first call :func:`check_out` at the
+    start and :func:`claim_out` (this) only right before their first write.
     """
+    return claim_out(check_out(out))
+
+
+def check_out(out: str | os.PathLike) -> Path:
+    """The resolved out folder, refused if it is an existing file; nothing is created or removed."""
+    from sparsepipe.errors import StorageError
+
     out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / RESULT_FILE).unlink(missing_ok=True)
+    if out.exists() and not out.is_dir():
+        raise StorageError(f"--out {out} is an existing file, not a folder; give a folder path (it is created).")
+    return out
+
+
+def claim_out(out: str | os.PathLike) -> Path:
+    """Create ``out`` and remove its previous ``result.json``: the step is about to overwrite files.
+
+    Called after every argument check, so a re-run refused for bad input leaves a good folder as it was.
+    """
+    from sparsepipe.errors import StorageError
+
+    out = check_out(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / RESULT_FILE).unlink(missing_ok=True)
+    except OSError as exc:
+        raise StorageError(f"Cannot write to --out {out}: {exc.strerror or exc}. Choose a writable folder.") from None
     return out
 
 
@@ -95,6 +144,7 @@ def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     os.close(fd)
     try:
         shutil.copyfile(src, tmp)
+        publish_mode(tmp)
         os.replace(tmp, dst)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -176,6 +226,24 @@ def produced_file(location: str | os.PathLike, roles: tuple[str, ...]) -> Path |
     return None
 
 
+def _check_result_document(data: Any, path: Path) -> None:
+    """Refuse JSON that is not a step result: not an object, or a metric that is not a number."""
+    if not isinstance(data, dict) or not isinstance(data.get("step"), str):
+        raise SparsepipeError(
+            f"{path} is not a sparsepipe result: a result.json is a JSON object with a 'step' name, metrics and "
+            f"files. Pass the --out folder of a sparsepipe step."
+        )
+    metrics = data.get("metrics", {})
+    if not isinstance(metrics, dict):
+        raise SparsepipeError(f"{path}: 'metrics' must be an object of name -> number; re-run the step that wrote it.")
+    for name, value in metrics.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):  # None: not measured
+            raise SparsepipeError(
+                f"{path}: metric '{name}' is {json.dumps(value)[:60]}, not a number. Fix or remove it, or re-run "
+                f"the step that wrote it."
+            )
+
+
 def read_result(location: str | os.PathLike) -> StepResult:
     """Read a step's ``result.json`` from its out dir (or the file itself)."""
     path = Path(location)
@@ -188,10 +256,12 @@ def read_result(location: str | os.PathLike) -> StepResult:
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError (a PNG) are ValueErrors
         raise SparsepipeError(
-            f"{path} is not a readable sparsepipe result ({exc}). Re-run the step that wrote it."
+            f"{path} is not a sparsepipe result: it cannot be read as JSON ({type(exc).__name__}: "
+            f"{str(exc)[:120]}). Pass the --out folder of a step, or its result.json; re-run the step if that is it."
         ) from None
+    _check_result_document(data, path)
     fields = {f.name for f in dataclasses.fields(StepResult)}
     data = {k: v for k, v in data.items() if k in fields}
     data["out_dir"] = str(path.parent)

@@ -39,9 +39,11 @@ from sparsepipe.image_input import (
     DEFAULT_MAX_PIXELS,
     ImageInputError,
     decode_image_bytes,
+    image_size,
 )
+from sparsepipe.limits import check_threads
 
-STATUS_OF_KIND = {"too_large": 413, "not_image": 422, "truncated": 422, "bad_array": 422}
+STATUS_OF_KIND = {"too_large": 413, "not_image": 422, "truncated": 422, "bad_array": 422, "bad_shape": 422}
 
 
 @dataclasses.dataclass
@@ -56,13 +58,16 @@ class ServeConfig:
     max_images: int = 16  # images per request
     max_request_mb: float = 32.0  # request body limit in MiB (413 above)
     max_pixels: int = DEFAULT_MAX_PIXELS  # per image, width*height from the header (413 above)
+    max_request_pixels: int = 2 * DEFAULT_MAX_PIXELS  # all images of one request together (413 above): ~240 MB decoded
     retry_after_s: int = 1  # Retry-After header of a 503
 
     def __post_init__(self) -> None:
-        for name in ("threads", "engine_threads", "max_images", "max_pixels", "retry_after_s"):
+        for name in ("threads", "engine_threads", "max_images", "max_pixels", "max_request_pixels", "retry_after_s"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name}={value!r} must be a positive integer (e.g. --{name.replace('_', '-')} 2).")
+        check_threads("threads", self.threads)
+        check_threads("engine_threads", self.engine_threads)
         if not isinstance(self.queue_size, int) or self.queue_size < 0:
             raise ConfigError(f"queue_size={self.queue_size!r} must be 0 or more (--queue-size 8).")
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
@@ -146,6 +151,19 @@ class PredictResponse(BaseModel):
 class Status(BaseModel):
     status: str
     detail: str = ""
+
+
+def _check_request_pixels(blobs: list[tuple[str, bytes]], config: ServeConfig) -> None:
+    """Refuse a request whose images together declare more than ``max_request_pixels`` (headers only)."""
+    sizes = [image_size(data, name, config.max_pixels) for name, data in blobs]
+    total = sum(width * height for width, height in sizes)
+    if total > config.max_request_pixels:
+        raise ImageInputError(
+            f"The {len(blobs)} images of this request hold {total} pixels together, above the limit of "
+            f"{config.max_request_pixels} per request (--max-request-pixels); send fewer or smaller images per "
+            f"request.",
+            "too_large",
+        )
 
 
 def create_app(load_predictor: Callable[[], Any], config: ServeConfig | None = None, model_name: str = "model",
@@ -274,6 +292,7 @@ def create_app(load_predictor: Callable[[], Any], config: ServeConfig | None = N
         metrics.queue_depth.set(max(state["admitted"] - state["running"], 0))
         try:
             started = time.perf_counter()
+            _check_request_pixels(blobs, config)
             arrays = []
             for name, data in blobs:  # encoded image bytes, or an RGB array (v2 UINT8 tensors)
                 if isinstance(data, bytes):
@@ -476,6 +495,30 @@ def _version() -> str:
     return __version__
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a host/port another process listens on (uvicorn only logs one line and exits 1)."""
+    import errno
+    import socket
+
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConfigError(f"--host {host} cannot be resolved ({exc.strerror or exc}); use an address such as 127.0.0.1.") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no conflict
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"port {port} on {host} is already in use by another program; stop it or pick "
+                                  f"another port (--port {port + 1}).") from None
+            raise ConfigError(f"Cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --host or "
+                              f"--port (ports below 1024 need privileges).") from None
+
+
 def serve(model: str, config: ServeConfig, engine: str = "onnxruntime", conf: float = 0.25,
           iou: float = 0.7, model_name: str = "") -> None:
     """``sparsepipe serve``: load the model (local path, s3:// or models:/name@alias) and run uvicorn."""
@@ -491,6 +534,7 @@ def serve(model: str, config: ServeConfig, engine: str = "onnxruntime", conf: fl
     if not str(model).startswith(("s3://", "models:/")):
         model = str(resolve_onnx(model))  # a wrong local path fails here, before the server starts
     Image.MAX_IMAGE_PIXELS = config.max_pixels  # PIL's own bomb guard at the same limit
+    _check_port_free(config.host, config.port)
     app = create_app(lambda: Predictor(model, config=predict_config), config, model_name=str(model),
                      v2_name=model_name)
     print(f"sparsepipe serve: {model} on http://{config.host}:{config.port} ({config.threads} threads, queue "

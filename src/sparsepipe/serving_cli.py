@@ -32,7 +32,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = ServeConfig(host=args.host, port=args.port, threads=args.threads, engine_threads=args.engine_threads,
                          queue_size=args.queue_size, max_images=args.max_images, max_request_mb=args.max_request_mb,
-                         max_pixels=args.max_pixels)
+                         max_pixels=args.max_pixels, max_request_pixels=args.max_request_pixels)
     serve(args.model, config, engine=args.engine, conf=args.conf, iou=args.iou, model_name=args.model_name)
     return 0
 
@@ -93,6 +93,8 @@ def add_serving_commands(sub: Any, add: Any) -> None:
     p.add_argument("--max-request-mb", type=float, default=32.0, help="request body limit (413 above)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="pixels per image (413 above)")
     p.add_argument("--model-name", default="", help="name in the v2 routes /v2/models/NAME (default: from MODEL)")
+    p.add_argument("--max-request-pixels", type=int, default=2 * DEFAULT_MAX_PIXELS,
+                   help="pixels of all images of one request together, from their headers (413 above)")
 
     from sparsepipe.deploy import DeployConfig
 

@@ -7,7 +7,9 @@ train with ultralytics for the recipe's length while :class:`~sparsepipe.recipe_
 drives masks and learning rate, then publish the *final* checkpoint (``last.pt``, not the
 "best" epoch, which may predate pruning) as ``<out>/model.pt`` with the recipe state in it,
 evaluate it, and write the per-layer sparsity table and bar chart.
-``--resume`` continues a killed run from ``<out>/ultralytics/weights/last.pt``.
+``--resume`` continues a killed run from ``<out>/ultralytics/weights/last.pt`` with the model, data,
+teacher and settings the run started with (stored in the checkpoint; the call's own are ignored), so
+everything it reports comes from the original run. A finished run is refused and left unchanged.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sparsepipe.errors import ConfigError, SparsepipeError
-from sparsepipe.results import StepResult, atomic_copy, atomic_write_bytes, atomic_write_text, begin_step
-from sparsepipe.training import ULTRALYTICS_DIR
+from sparsepipe.limits import check_epochs, check_input_size
+from sparsepipe.results import (StepResult, atomic_copy, atomic_write_bytes, atomic_write_text, check_out,
+                                claim_out)
+from sparsepipe.training import ULTRALYTICS_DIR, remove_truncated_checkpoints
 
 
 @dataclasses.dataclass
@@ -48,6 +52,9 @@ class SparsifyConfig:
             raise ConfigError(f"workers={self.workers!r} must be 0 or more (0 loads data in the main process).")
         if self.max_epochs is not None and self.max_epochs < 1:
             raise ConfigError(f"max_epochs={self.max_epochs!r} must be a positive integer or unset.")
+        if self.max_epochs is not None:
+            check_epochs("max_epochs", self.max_epochs)
+        check_input_size(self.batch, self.imgsz, "training")
         reserved = {"model", "data", "project", "name", "exist_ok", "trainer", "resume", "epochs"} & set(self.extra)
         if reserved:
             raise ConfigError(f"extra ultralytics arguments {sorted(reserved)} are decided by sparsepipe or the recipe.")
@@ -80,8 +87,15 @@ def sparsity_chart(table: dict[str, dict[str, float]], path: Path, title: str) -
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def _load_for_resume(out: Path) -> tuple[Path, dict[str, Any]]:
-    from sparsepipe.recipe_session import checkpoint_state
+def _load_for_resume(out: Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """``(last.pt, sparsepipe state, ultralytics train_args)`` of an interrupted run in ``out``.
+
+    Refuses (changing nothing) a folder without ``last.pt``, one whose checkpoint carries no recipe
+    state, and a run that already finished (ultralytics would start a new training on its defaults).
+    """
+    from sparsepipe.recipe_session import STATE_KEY
+    from sparsepipe.results import RESULT_FILE
+    from sparsepipe.trust import load_checkpoint
 
     last = out / ULTRALYTICS_DIR / "weights" / "last.pt"
     if not last.is_file():
@@ -89,14 +103,34 @@ def _load_for_resume(out: Path) -> tuple[Path, dict[str, Any]]:
             f"Cannot resume: {last} does not exist. --resume continues a sparsify run in the same "
             f"--out folder; start a new run without --resume."
         )
-    state = checkpoint_state(last)
+    ckpt = load_checkpoint(last)
+    state = ckpt.get(STATE_KEY) if isinstance(ckpt, dict) else None
     if not state:
         raise SparsepipeError(
             f"Cannot resume from {last}: the checkpoint has no sparsepipe recipe state (it was not "
             f"written by `sparsepipe sparsify`, or training finished and the file was stripped). "
             f"Start a new run without --resume."
         )
-    return last, state
+    if state.get("finished") or (out / RESULT_FILE).is_file():
+        raise SparsepipeError(
+            f"Nothing to resume: the sparsify run in {out} is complete (its checkpoint is marked finished"
+            f"{' and ' + RESULT_FILE + ' is written' if (out / RESULT_FILE).is_file() else ''}); nothing was "
+            f"changed. Use {out / 'model.pt'}, or start a new run with another --out (without --resume)."
+        )
+    train_args = ckpt.get("train_args") if isinstance(ckpt.get("train_args"), dict) else {}
+    return last, state, train_args
+
+
+def _resumed_run(state: dict[str, Any], train_args: dict[str, Any], model: str, data: str,
+                 teacher: str | None, config: SparsifyConfig) -> tuple[str, str, str | None, SparsifyConfig]:
+    """The original run's model, data, teacher and config (a resumed run reports those, not the CLI's)."""
+    run = state.get("run") or {}
+    if run:
+        return run["model"], run["data"], run.get("teacher"), SparsifyConfig(**run["config"])
+    # checkpoints from before sparsepipe stored its run settings: ultralytics' own train_args
+    data = str(train_args.get("data") or data)
+    sizes = {k: train_args[k] for k in ("imgsz", "batch") if isinstance(train_args.get(k), int)}
+    return model, data, teacher, dataclasses.replace(config, **sizes)
 
 
 def sparsify(
@@ -123,12 +157,14 @@ def sparsify(
 
     config = config or SparsifyConfig()
     tracker = tracker or Tracker()
-    out = begin_step(out)
 
     # 1. Everything that can be wrong is checked before training starts.
     resume_state = None
+    if resume:  # a refused resume changes nothing in --out
+        start_from, resume_state, resumed_args = _load_for_resume(Path(out).resolve())
+        model, data, teacher, config = _resumed_run(resume_state, resumed_args, model, data, teacher, config)
+    out = check_out(out)  # nothing in --out changes before every check passed (claim_out below)
     if resume:
-        start_from, resume_state = _load_for_resume(out)
         if recipe is not None or recipe_args:
             raise SparsepipeError(
                 "--resume continues with the recipe and overrides stored in the checkpoint; do not "
@@ -169,6 +205,8 @@ def sparsify(
         teacher_model = resolve_teacher(teacher, yolo)
     validate_recipe(loaded, yolo.model, teacher=teacher_model)
     session = RecipeSession(loaded, args, tracker, resume_state=resume_state)
+    run = {"model": model, "data": data, "teacher": teacher, "config": dataclasses.asdict(config)}
+    session.state_hooks.append(lambda: {"run": run})  # what --resume restores (_resumed_run)
     distill = None
     from sparsepipe.modifiers.distillation import DISTILLATION_MODIFIERS
 
@@ -198,6 +236,7 @@ def sparsify(
         session.state_hooks.append(channels.state)
 
     # 2. Train.
+    claim_out(out)
     for event, function in {**epoch_logger(tracker)}.items():
         yolo.add_callback(event, function)
     for event, function in session.callbacks().items():
@@ -233,11 +272,15 @@ def sparsify(
 
         trainer_cls = qat_trainer_class(trainer_cls, qat_controller)
     started = time.perf_counter()
-    if resume:
-        yolo.train(resume=True, trainer=trainer_cls)
-    else:
-        yolo.train(data=str(data_yaml), project=str(out), name=ULTRALYTICS_DIR, exist_ok=True,
-                   trainer=trainer_cls, **train_args)
+    try:
+        if resume:
+            yolo.train(resume=True, trainer=trainer_cls)
+        else:
+            yolo.train(data=str(data_yaml), project=str(out), name=ULTRALYTICS_DIR, exist_ok=True,
+                       trainer=trainer_cls, **train_args)
+    except OSError:  # a full disk mid-save: never leave a truncated last.pt for the next --resume
+        remove_truncated_checkpoints(out / ULTRALYTICS_DIR / "weights")
+        raise
     seconds = time.perf_counter() - started
     trainer = yolo.trainer
 
@@ -245,9 +288,9 @@ def sparsify(
     last = Path(trainer.last)
     write_checkpoint_state(last, {**session.state(), "finished": True})
     weights = atomic_copy(last, out / "model.pt")
-    import torch
+    from sparsepipe.trust import load_checkpoint
 
-    final = torch.load(str(weights), map_location="cpu", weights_only=False)["model"].float()
+    final = load_checkpoint(weights)["model"].float()
     targets = session.masks.targets if session.masks else {}
     table = sparsity_table(final, list(targets) if targets else None)
     all_weights = sparsity_table(final)

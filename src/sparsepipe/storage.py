@@ -40,6 +40,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from sparsepipe.errors import StorageError
+from sparsepipe.results import publish_mode
 
 __all__ = [
     "MANIFEST_NAME",
@@ -390,7 +391,9 @@ def _safe_relpath(rel: str, dest_dir: Path, uri: str) -> Path:
 
 def _tmp_sibling_dir(dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    publish_mode(tmp)  # renamed into place: follow the umask, not mkdtemp's 0700
+    return tmp
 
 
 def _replace_dir(tmp: Path, dest: Path) -> None:
@@ -471,6 +474,7 @@ def download_file(uri: str, dest: Path, *, client: Any = None) -> Path:
         expected = (client.head_object(Bucket=bucket, Key=key).get("Metadata") or {}).get(SHA256_METADATA)
         _get_to_file(client, bucket, key, tmp, None)
         _verify(tmp, expected, uri)
+        publish_mode(tmp)
         os.replace(tmp, dest)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)

@@ -71,6 +71,9 @@ _SECRET_ENV_VARS = (
 #: logged files whose SHA-256 is recorded as run tag ``sparsepipe.sha256.<artifact path>``
 CHECKSUMMED_SUFFIXES = (".pt", ".onnx")
 CHECKSUM_TAG_PREFIX = "sparsepipe.sha256."
+#: run tags naming the process that owns a run, so a later start can end the runs of killed processes
+OWNER_TAG = "sparsepipe.owner"  # "<host>/<pid>/<process start time in clock ticks since boot>"
+ENDED_BY_TAG = "sparsepipe.ended_by"
 _BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9_\-./ ]")
 
 
@@ -165,6 +168,52 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[start : start + size]
 
 
+def _process_owner(pid: int | None = None) -> str | None:
+    """``host/pid/start`` of a process (its start time tells a reused pid apart); None if it is gone."""
+    import socket
+
+    pid = os.getpid() if pid is None else pid
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    start = stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the parenthesised command name
+    return f"{socket.gethostname()}/{pid}/{start}"
+
+
+def _end_runs_of_dead_processes(client: Any, experiment_id: str) -> None:
+    """Mark KILLED the RUNNING runs of this experiment whose owning process on this host is gone.
+
+    A process killed with -9 cannot end its run, which then shows RUNNING forever; the next start on
+    the same host ends it. Runs of other hosts, and runs without an owner tag, are left alone.
+    """
+    import socket
+
+    host = socket.gethostname()
+    try:
+        runs = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=200)
+    except Exception as exc:  # noqa: BLE001 - housekeeping must never stop a step
+        log.debug("could not list running runs: %s", exc)
+        return
+    for run in runs:
+        owner = run.data.tags.get(OWNER_TAG, "")
+        parts = owner.split("/")
+        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+            continue
+        if _process_owner(int(parts[1])) == owner:
+            continue  # still alive
+        try:
+            client.set_tag(run.info.run_id, ENDED_BY_TAG, f"a later sparsepipe start: process {owner} is gone (killed?)")
+            client.set_terminated(run.info.run_id, status="KILLED")
+        except Exception as exc:  # noqa: BLE001 - another process may have ended it first
+            log.debug("could not end run %s: %s", run.info.run_id, exc)
+
+
+def _owner_tags() -> dict[str, str]:
+    owner = _process_owner()
+    return {OWNER_TAG: owner} if owner else {}
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -254,6 +303,7 @@ class MlflowTracker(Tracker):
     def start_child(self, name: str, tags: Mapping[str, Any] | None = None) -> MlflowTracker:
         child_tags = _clean_pairs(dict(tags or {}), "tag", MAX_TAG_VALUE_LENGTH)
         child_tags[PARENT_RUN_TAG] = self.run_id
+        child_tags.update(_owner_tags())
         run = self.client.create_run(
             experiment_id=self.experiment_id, run_name=name, tags=child_tags
         )
@@ -440,10 +490,14 @@ def resolve_tracker(
     tracking_uri: str | None = None,
     enabled: bool = True,
     tags: Mapping[str, Any] | None = None,
+    outlives_process: bool = False,
 ) -> Tracker:
     """The tracker for this process: a no-op one when disabled, else an :class:`MlflowTracker`.
 
     See the module docstring for the order in which the URI, experiment and run are chosen.
+    A created run is tagged with this process (``sparsepipe.owner``) so that, if it is killed,
+    the next start on this host marks the run KILLED; ``outlives_process=True`` (a pipeline's
+    parent run, ended later by another task) leaves that tag off.
     Raises :class:`TrackingError` (a ``SparsepipeError``) naming the URI when the store cannot be
     reached, the experiment id or the injected run id does not exist.
     """
@@ -498,6 +552,9 @@ def resolve_tracker(
                 client, env_experiment_name or experiment, uri
             )
         run_tags = _clean_pairs(dict(tags or {}), "tag", MAX_TAG_VALUE_LENGTH)
+        if not outlives_process:
+            run_tags.update(_owner_tags())
+        _end_runs_of_dead_processes(client, experiment_id)
         run = client.create_run(experiment_id=experiment_id, run_name=run_name, tags=run_tags)
         return MlflowTracker(
             client, run.info.run_id, experiment_id=experiment_id, tracking_uri=uri, owns_run=True

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sparsepipe.errors import ConfigError, SparsepipeError
-from sparsepipe.results import StepResult, atomic_copy, begin_step
+from sparsepipe.limits import check_epochs, check_input_size
+from sparsepipe.results import StepResult, atomic_copy, check_out, claim_out
 
 ULTRALYTICS_DIR = "ultralytics"  # ultralytics' own run folder inside --out (plots, results.csv, weights/)
 
@@ -50,6 +51,8 @@ class TrainConfig:
             )
         if not isinstance(self.batch, int) or self.batch < 1:
             raise ConfigError(f"batch={self.batch!r} must be a positive integer, e.g. --batch 16.")
+        check_epochs("epochs", self.epochs)
+        check_input_size(self.batch, self.imgsz, "training")
         if self.workers < 0:
             raise ConfigError(f"workers={self.workers!r} must be 0 or more.")
         if self.lr0 is not None and not (0 < self.lr0 < 10):
@@ -118,7 +121,7 @@ def train(
 
     config = config or TrainConfig()
     tracker = tracker or Tracker()
-    out = begin_step(out)
+    out = check_out(out)  # nothing in --out changes before the checks pass (claim_out)
 
     data_yaml = resolve_data(data)
     yolo = load_yolo(model)
@@ -134,15 +137,20 @@ def train(
             yolo.add_callback(event, function)
     tracker.log_params({"model": model, "data": data, "task": yolo.task, **_flat(config)})
 
+    claim_out(out)
     started = time.perf_counter()
-    results = yolo.train(
-        data=str(data_yaml),
-        project=str(out),
-        name=ULTRALYTICS_DIR,
-        exist_ok=True,
-        trainer=keep_architecture_trainer(trainer_class(yolo.task)),  # channel-pruned checkpoints keep their shapes
-        **config.ultralytics_args(),
-    )
+    try:
+        results = yolo.train(
+            data=str(data_yaml),
+            project=str(out),
+            name=ULTRALYTICS_DIR,
+            exist_ok=True,
+            trainer=keep_architecture_trainer(trainer_class(yolo.task)),  # channel-pruned checkpoints keep their shapes
+            **config.ultralytics_args(),
+        )
+    except OSError:  # a full disk mid-save: ultralytics writes last.pt/best.pt in place
+        remove_truncated_checkpoints(out / ULTRALYTICS_DIR / "weights")
+        raise
     seconds = time.perf_counter() - started
     trainer = yolo.trainer
     run_dir = Path(trainer.save_dir)
@@ -172,6 +180,22 @@ def train(
         tracker.log_artifact(str(plot), "plots")
     result.write()
     return result
+
+
+def remove_truncated_checkpoints(folder: Path) -> list[Path]:
+    """Delete the ``.pt`` files in ``folder`` that are not complete zip archives (torch's format).
+
+    ultralytics saves ``last.pt``/``best.pt`` in place; a write cut by a full disk leaves a file a
+    later ``--resume`` would try (and fail with a misleading message) to load. Complete files stay.
+    """
+    import zipfile
+
+    removed = []
+    for path in sorted(Path(folder).glob("*.pt")) if Path(folder).is_dir() else []:
+        if not zipfile.is_zipfile(path):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def _flat(config: TrainConfig) -> dict[str, Any]:
