@@ -69,7 +69,7 @@ def test_synthetic_spec_parses_into_config():
 @pytest.mark.parametrize(
     "spec, expected",
     [
-        ("synthetic:train=4,colour=red", "Known keys: train, val, seed, size, classes, task"),
+        ("synthetic:train=4,colour=red", "Known keys: preset, train, val, seed, size, classes, task"),
         ("synthetic:train=many", "not an integer"),
         ("synthetic:val=0", "val_images=0"),
         ("synthetic:task=pose", "task"),
@@ -410,3 +410,22 @@ def test_cli_data_error_has_no_traceback(tmp_path):
     )
     assert proc.returncode != 0
     assert "missing.yaml" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_synthetic_presets_and_overrides():
+    from sparsepipe.data import parse_synthetic
+    from sparsepipe.synthetic import PRESETS
+
+    demo = parse_synthetic("synthetic:preset=demo")
+    assert (demo.num_classes, demo.clutter, demo.camouflage, demo.image_size) == (3, 0, 0.0, 160)
+    # keys written after (or before) the preset override one field each
+    bench = parse_synthetic("synthetic:val=600,preset=bench,min_radius=0.08,camouflage=0.1")
+    assert (bench.val_images, bench.min_radius, bench.camouflage, bench.train_images) == (600, 0.08, 0.1, 512)
+    assert parse_synthetic("synthetic:preset=default") == parse_synthetic("synthetic")
+    assert set(PRESETS) == {"default", "demo", "bench"}
+    with pytest.raises(DataError, match="preset='hard'.*demo"):
+        parse_synthetic("synthetic:preset=hard")
+    with pytest.raises(DataError, match="camouflage='lots'.*decimal"):
+        parse_synthetic("synthetic:camouflage=lots")
+    with pytest.raises(DataError, match="min_radius=0.3 is larger than max_radius"):
+        parse_synthetic("synthetic:min_radius=0.3,max_radius=0.2")

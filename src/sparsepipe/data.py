@@ -205,11 +205,8 @@ def parse_synthetic(spec: str) -> SyntheticConfig:
         try:
             kwargs[field] = number(value)
         except ValueError:
-            example = "0.1" if number is float else "16"
-            raise DataError(
-                f"{key}={value!r} in SOURCE {spec!r} is not a{'' if number is int else ' decimal'} "
-                f"number: write e.g. {key}={example}."
-            ) from None
+            kind, example = ("a decimal number", "0.1") if number is float else ("an integer", "16")
+            raise DataError(f"{key}={value!r} in SOURCE {spec!r} is not {kind}: write e.g. {key}={example}.") from None
     try:
         return SyntheticConfig(**{**preset, **kwargs})
     except ConfigError as exc:

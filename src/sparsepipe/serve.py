@@ -155,7 +155,9 @@ class Status(BaseModel):
 
 def _check_request_pixels(blobs: list[tuple[str, bytes]], config: ServeConfig) -> None:
     """Refuse a request whose images together declare more than ``max_request_pixels`` (headers only)."""
-    sizes = [image_size(data, name, config.max_pixels) for name, data in blobs]
+    # encoded bytes: from the image header; a decoded RGB array (v2 UINT8 tensor): from its shape
+    sizes = [image_size(data, name, config.max_pixels) if isinstance(data, bytes) else (data.shape[1], data.shape[0])
+             for name, data in blobs]
     total = sum(width * height for width, height in sizes)
     if total > config.max_request_pixels:
         raise ImageInputError(
