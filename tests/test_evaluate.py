@@ -38,3 +38,24 @@ def test_pt_and_onnx_agree(onnx_eval, trained, tmp_path):
 def test_evaluate_config_validation():
     with pytest.raises(ConfigError, match="split"):
         EvaluateConfig(split="train2")
+
+
+def test_class_count_mismatch_is_refused_before_out_is_touched(trained, tmp_path):
+    from sparsepipe.data import prepare_data
+    from sparsepipe.errors import DataError
+
+    three = prepare_data("synthetic:train=4,val=4,size=64,classes=3,seed=1", tmp_path / "three").out_dir
+    out = tmp_path / "ev"
+    with pytest.raises(DataError, match="predicts 6 classes .* has 3"):
+        evaluate(str(trained.export_dir), str(three), out)
+    assert not out.exists()
+
+
+def test_evaluate_writes_per_image_records_and_an_interval(onnx_eval, trained):
+    from sparsepipe.bootstrap import DetectionRecords
+
+    records = DetectionRecords.load(onnx_eval.path("per_image"))
+    assert len(records.names) == 8 and records.gt_counts.sum() > 0  # every val image, every label row
+    m = onnx_eval.metrics
+    assert m["map50_95_ci_low"] <= m["map50_95"] <= m["map50_95_ci_high"]
+    assert onnx_eval.extra["bootstrap"]["resamples"] == 1000

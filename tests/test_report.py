@@ -117,3 +117,10 @@ def _spin(until: float) -> None:
 
     while _time.time() < until:
         pass
+
+
+def test_a_refused_report_leaves_out_untouched(results, tmp_path):
+    out = tmp_path / "report-refused"
+    with pytest.raises(SparsepipeError):
+        report(results, out, ReportConfig(baseline="dense"))
+    assert not out.exists()

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsepipe.errors import ConfigError
-from sparsepipe.results import StepResult, atomic_write_text, begin_step, inherited_variant, produced_file
+from sparsepipe.results import StepResult, atomic_write_text, check_out, claim_out, inherited_variant, produced_file
 
 
 @dataclasses.dataclass
@@ -163,7 +163,9 @@ def evaluate(model: str, data: str, out: str | Path, config: EvaluateConfig | No
 
     config = config or EvaluateConfig()
     tracker = tracker or Tracker()
-    out = begin_step(out)
+    out = check_out(out)  # nothing in --out changes until the model and data have been checked
+    if baseline:
+        baseline_records_path(baseline)
 
     variant = inherited_variant(model, config.variant)
     # Of a step folder, evaluate the deployable file: INT8 ONNX, else ONNX, else the checkpoint.
@@ -179,6 +181,8 @@ def evaluate(model: str, data: str, out: str | Path, config: EvaluateConfig | No
             digits = [int(t) for t in meta_size.strip("[]() ").replace(",", " ").split() if t.isdigit()]
             imgsz = digits[0] if digits else imgsz
     yolo = load_yolo(str(path))
+    check_class_count(yolo, path, data_yaml)
+    out = claim_out(out)
     metrics = yolo.val(
         data=str(data_yaml),
         imgsz=imgsz,
@@ -219,6 +223,22 @@ def evaluate(model: str, data: str, out: str | Path, config: EvaluateConfig | No
     tracker.log_artifact(str(table), "evaluate")
     result.write()
     return result
+
+
+def check_class_count(yolo: Any, path: Path, data_yaml: str | Path) -> None:
+    """Refuse a model whose class count differs from the dataset's (ultralytics would score it silently)."""
+    import yaml
+
+    from sparsepipe.errors import DataError
+
+    model_names = getattr(yolo, "names", None) or {}
+    names = (yaml.safe_load(Path(data_yaml).read_text()) or {}).get("names") or {}
+    if model_names and names and len(model_names) != len(names):
+        raise DataError(
+            f"{path} predicts {len(model_names)} classes ({', '.join(list(map(str, dict(model_names).values()))[:4])}...) "
+            f"but {data_yaml} has {len(names)}: evaluate the model on the dataset it was trained for, or fine-tune "
+            f"it on this one first (sparsepipe train --model {path.name} --data ...)."
+        )
 
 
 def baseline_records_path(baseline: str | Path) -> Path:

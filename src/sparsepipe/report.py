@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsepipe.errors import ConfigError, SparsepipeError
-from sparsepipe.results import StepResult, atomic_write_bytes, atomic_write_text, begin_step, read_result
+from sparsepipe.results import StepResult, atomic_write_bytes, atomic_write_text, check_out, claim_out, read_result
 
 # (metric key, column title, format) in display order; names shared with MLflow and KFP.
 COLUMNS = (
@@ -245,10 +245,11 @@ def report(results: list[str], out: str | Path, config: ReportConfig | None = No
     tracker = tracker or Tracker()
     if not results:
         raise SparsepipeError("report needs --results: the out folders of evaluate/benchmark steps to compare.")
-    out = begin_step(out)
+    out = check_out(out)  # nothing in --out changes until every result has been read and merged
 
     variants = collect_variants([read_result(r) for r in results])
     add_relative_metrics(variants, config.baseline, config)
+    out = claim_out(out)
     hardware = {}
     for r in results:
         hardware = read_result(r).extra.get("hardware", hardware) or hardware
