@@ -169,7 +169,8 @@ def test_protocol_round_trip_and_worker_arguments(tmp_path, fake_python, monkeyp
     log = tmp_path / "argv.json"
     monkeypatch.setenv("FAKE_DS_LOG", str(log))
     model = _tiny_onnx(tmp_path / "m.onnx", batch="N")  # dynamic batch: filled from the config
-    runner = dse.DeepSparseRunner(model, _config(threads=2, batch=4, seed=7, imgsz=8))
+    # imgsz only fills dynamic spatial dims; this file's 8x8 is static and wins
+    runner = dse.DeepSparseRunner(model, _config(threads=2, batch=4, seed=7, imgsz=32))
     try:
         assert runner.info["ready"] and runner.info["num_cores"] == 2
         assert runner.input_shape == [4, 3, 8, 8]
