@@ -73,9 +73,10 @@ def train_variants(args: argparse.Namespace, out: Path, data: str) -> dict[str, 
     from sparsepipe.recipe import load_recipe
     from sparsepipe.recipe.yaml_io import load_yaml
     from sparsepipe.sparsify import SparsifyConfig, sparsify
-    from sparsepipe.step_cache import cached_step, content_key
+    from sparsepipe.step_cache import cached_step, content_key, dataset_digest
 
     src = Path(args.sparsify)
+    data_id = dataset_digest(data)
     fine_tuned = args.base_epochs + args.prune_epochs
     models = {
         "dense": {"model": src / "plain", "int8": False, "epochs": fine_tuned},
@@ -89,7 +90,7 @@ def train_variants(args: argparse.Namespace, out: Path, data: str) -> dict[str, 
         start = weights_of(src / pruned)
         target = out / "train" / name
         variant_config = dataclasses.replace(config, variant=name)
-        key = content_key(step="sparsify", model=start, data=data, config=variant_config, recipe=qat_recipe,
+        key = content_key(step="sparsify", model=start, data=data_id, config=variant_config, recipe=qat_recipe,
                           recipe_args={"num_epochs": args.qat_epochs})
         cached_step(target, key, lambda start=start, target=target, variant_config=variant_config: sparsify(
             str(start), data, str(qat_recipe), target, variant_config, recipe_args={"num_epochs": args.qat_epochs}))
@@ -105,7 +106,7 @@ def train_variants(args: argparse.Namespace, out: Path, data: str) -> dict[str, 
         target = out / "train" / name
         variant_config = dataclasses.replace(config, variant=name)
         print(f"train {name}: {recipe} from {src / 'baseline'} with {recipe_args}, teacher {teacher}", flush=True)
-        key = content_key(step="sparsify", model=base, data=data, config=variant_config, recipe=Path(recipe),
+        key = content_key(step="sparsify", model=base, data=data_id, config=variant_config, recipe=Path(recipe),
                           recipe_args=recipe_args, teacher=teacher)
         cached_step(target, key, lambda recipe=recipe, target=target, variant_config=variant_config, recipe_args=recipe_args,
                     teacher=teacher: sparsify(str(base), data, recipe, target, variant_config, recipe_args=recipe_args,
@@ -141,7 +142,9 @@ def export_files(args: argparse.Namespace, out: Path, data: str, data_yaml: str,
                  models: dict[str, dict[str, Any]]) -> dict[tuple[str, int], Path]:
     from sparsepipe.export import ExportConfig, export_onnx
     from sparsepipe.quantize import QuantizeConfig, quantize
+    from sparsepipe.step_cache import dataset_digest
 
+    data_id = dataset_digest(data)
     files: dict[tuple[str, int], Path] = {}
     for size in args.sizes:
         d = out / str(size)
@@ -152,7 +155,7 @@ def export_files(args: argparse.Namespace, out: Path, data: str, data_yaml: str,
             if not info["int8"]:
                 ptq = reuse(d / f"{name}-ptq", lambda: quantize(str(d / name), data, d / f"{name}-ptq",
                                                                 QuantizeConfig(evaluate=False, variant=f"{name}-ptq")),
-                            step="quantize", model=exported.path("onnx"), data=data)
+                            step="quantize", model=exported.path("onnx"), data=data_id)
                 files[(f"{name}-ptq", size)] = ptq.path("int8_onnx")
         plain_pt = weights_of(models["dense"]["model"])
         for fmt in ("onnx", "openvino"):
@@ -166,7 +169,9 @@ def accuracy(out: Path, data: str, data_yaml: str, files: dict[tuple[str, int], 
     from sparsepipe.bootstrap import DetectionRecords, paired_ratio_interval
     from sparsepipe.evaluate import EvaluateConfig, error_bars, evaluate
     from sparsepipe.results import StepResult
+    from sparsepipe.step_cache import dataset_digest
 
+    data_id = dataset_digest(data)
     scores: dict[tuple[str, int], dict[str, Any]] = {}
     for (variant, size), path in files.items():
         target = out / str(size) / f"eval-{variant}"
@@ -188,10 +193,10 @@ def accuracy(out: Path, data: str, data_yaml: str, files: dict[tuple[str, int], 
                 result.write()
                 return result
 
-            result = reuse(target, make, step="evaluate", model=path, weights=path.with_suffix(".bin"), data=data, imgsz=size)
+            result = reuse(target, make, step="evaluate", model=path, weights=path.with_suffix(".bin"), data=data_id, imgsz=size)
         else:
             result = reuse(target, lambda: evaluate(str(path), data, target, EvaluateConfig(imgsz=size)),
-                           step="evaluate", model=path, data=data, imgsz=size)
+                           step="evaluate", model=path, data=data_id, imgsz=size)
         scores[(variant, size)] = {**result.metrics, "per_image": str(result.path("per_image")) if "per_image" in result.files else None}
     for (variant, size), score in scores.items():
         ref = scores.get(("dense", size))

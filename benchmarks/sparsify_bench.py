@@ -106,14 +106,16 @@ def main() -> None:
     from sparsepipe.hardware import cpu_info
     from sparsepipe.results import atomic_write_text
     from sparsepipe.sparsify import SparsifyConfig, sparsify
-    from sparsepipe.step_cache import cached_step, content_key
+    from sparsepipe.step_cache import cached_step, content_key, dataset_digest
+    from sparsepipe.synthetic import GENERATOR_VERSION
     from sparsepipe.training import TrainConfig, train
 
     out = Path(args.out).resolve()
     source = parse_source(args.data)
-    data_id = source.synthetic if source.synthetic is not None else args.data
-    data_key = content_key(step="data", data=data_id)
-    data = str(cached_step(out / "data", data_key, lambda: prepare_data(args.data, out / "data")).out_dir)
+    spec = {"synthetic": source.synthetic, "generator": GENERATOR_VERSION} if source.synthetic is not None else args.data
+    data = str(cached_step(out / "data", content_key(step="data", data=spec),
+                           lambda: prepare_data(args.data, out / "data")).out_dir)
+    data_id = dataset_digest(data)  # what trained models are keyed on: the images and labels themselves
     wanted = set(filter(None, args.only.split(","))) or {"baseline", "plain", *RECIPES}
     extra = {"nbs": args.nbs}
     steps: dict[str, Any] = {}

@@ -76,3 +76,15 @@ def test_a_seed_with_the_same_key_is_copied_in_and_one_with_another_is_ignored(t
     changed = content_key(step="train", epochs=61)
     assert cached_step(other, changed, _maker(other, calls, 9), log=lambda _: None, seed=seed).metrics["value"] == 9
     assert calls == [7, 9]
+
+
+def test_dataset_digest_follows_the_bytes_not_the_folder(tmp_path):
+    from sparsepipe.step_cache import dataset_digest
+
+    for name in ("a", "b"):
+        (tmp_path / name / "labels").mkdir(parents=True)
+        (tmp_path / name / "labels" / "x.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+        (tmp_path / name / "result.json").write_text(name)  # step bookkeeping does not count
+    assert dataset_digest(tmp_path / "a") == dataset_digest(tmp_path / "b")
+    (tmp_path / "b" / "labels" / "x.txt").write_text("1 0.5 0.5 0.1 0.1\n")
+    assert dataset_digest(tmp_path / "a") != dataset_digest(tmp_path / "b")

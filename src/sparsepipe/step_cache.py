@@ -34,6 +34,19 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def dataset_digest(folder: str | Path) -> str:
+    """SHA-256 over every file of a dataset folder (relative name + bytes; result.json and caches
+    left out): a step trained on it is reused only while the images and labels are the same."""
+    root = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if rel in (RESULT_FILE, KEY_FILE) or rel.endswith(".cache") or rel.startswith("."):
+            continue
+        digest.update(rel.encode() + b"\0" + file_digest(path).encode() + b"\n")
+    return digest.hexdigest()
+
+
 def _canonical(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return _canonical(dataclasses.asdict(value))
