@@ -669,6 +669,13 @@ def split_images(data_yaml: str | os.PathLike, split: str) -> list[Path]:
     return sorted({image for entry in entries for image, _ in _entry_images(entry)})
 
 
+def class_names(data_yaml: str | os.PathLike) -> dict[int, str]:
+    """``{class id: name}`` of a data YAML (``names:`` as a list or mapping, or ``nc:``)."""
+    yaml_path = Path(data_yaml)
+    spec = _load_yaml(yaml_path)
+    return _names(spec if isinstance(spec, dict) else {}, yaml_path)
+
+
 def validate_dataset(data_yaml: Path, max_listed_errors: int = 10) -> DatasetSummary:
     """Check a dataset: YAML, splits, every image decodes, every label row is well formed.
 

@@ -132,14 +132,15 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, experiment: str 
 
 def predict_sample(export_dir: Path, data_dir: Path, images: int = 4) -> list[dict]:
     """What ``sparsepipe predict`` finds (default confidence) in the first validation images."""
+    from sparsepipe.data import label_path, split_images
     from sparsepipe.predict import Predictor
 
-    files = sorted((data_dir / "images" / "val").glob("*.jpg"))[:images]
+    files = split_images(data_dir / "data.yaml", "val")[:images]
     predictor = Predictor(export_dir)
     try:
         predictions = predictor.predict([str(f) for f in files])
     finally:
         predictor.close()
-    labels = [len((data_dir / "labels" / "val" / f"{f.stem}.txt").read_text().splitlines()) for f in files]
+    labels = [len(label_path(f).read_text().splitlines()) for f in files]
     return [{"image": f.name, "objects": len(p.detections), "labelled": n,
              "classes": sorted({d.label for d in p.detections})} for f, p, n in zip(files, predictions, labels)]

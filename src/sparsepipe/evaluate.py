@@ -77,36 +77,13 @@ def per_class_table(metrics: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def val_images(data_yaml: str | Path, split: str) -> tuple[list[Path], dict[int, str]]:
-    """The image files of ``split`` (sorted) and the class names of a data YAML."""
-    from ultralytics.data.utils import check_det_dataset
-
-    from sparsepipe.data import IMAGE_SUFFIXES
-
-    info = check_det_dataset(str(data_yaml))
-    entries = info.get(split) or []
-    images: list[Path] = []
-    for entry in entries if isinstance(entries, list) else [entries]:
-        entry = Path(entry)
-        if entry.is_dir():
-            images += [p for p in entry.rglob("*") if p.suffix.lower().lstrip(".") in IMAGE_SUFFIXES]
-        elif entry.suffix == ".txt":
-            base = entry.parent
-            for line in entry.read_text().splitlines():
-                if line.strip():
-                    p = Path(line.strip())
-                    images.append(p if p.is_absolute() else (base / p).resolve())
-    names = info["names"]
-    return sorted(images), {int(k): str(v) for k, v in (names.items() if isinstance(names, dict) else enumerate(names))}
-
-
 def _labels(image: Path, width: int, height: int) -> tuple[Any, Any]:
     """Ground-truth (xyxy pixel boxes, classes) of an image, from its YOLO label file."""
     import numpy as np
 
-    parts = list(image.parts)
-    where = len(parts) - 1 - parts[::-1].index("images")
-    label = Path(*parts[:where], "labels", *parts[where + 1:]).with_suffix(".txt")
+    from sparsepipe.data import label_path
+
+    label = label_path(image)
     rows = [line.split() for line in label.read_text().splitlines() if line.strip()] if label.is_file() else []
     if not rows:
         return np.zeros((0, 4)), np.zeros(0, int)
@@ -128,7 +105,9 @@ def detection_records(yolo: Any, data_yaml: str | Path, config: "EvaluateConfig"
     from sparsepipe.bootstrap import build_records
     from sparsepipe.synthetic import progress_bar
 
-    images, names = val_images(data_yaml, config.split)
+    from sparsepipe.data import class_names, split_images
+
+    images, names = split_images(data_yaml, config.split), class_names(data_yaml)
     bar = progress_bar(total=len(images), desc="per-image matching", unit="img")
 
     def rows():
@@ -227,12 +206,11 @@ def evaluate(model: str, data: str, out: str | Path, config: EvaluateConfig | No
 
 def check_class_count(yolo: Any, path: Path, data_yaml: str | Path) -> None:
     """Refuse a model whose class count differs from the dataset's (ultralytics would score it silently)."""
-    import yaml
-
+    from sparsepipe.data import class_names
     from sparsepipe.errors import DataError
 
     model_names = getattr(yolo, "names", None) or {}
-    names = (yaml.safe_load(Path(data_yaml).read_text()) or {}).get("names") or {}
+    names = class_names(data_yaml)
     if model_names and names and len(model_names) != len(names):
         raise DataError(
             f"{path} predicts {len(model_names)} classes ({', '.join(list(map(str, dict(model_names).values()))[:4])}...) "
