@@ -131,3 +131,41 @@ def test_champion_policy_fastest_within_accuracy_budget():
         choose_champion({"pruned": {"map50_95": 0.2}})
     with pytest.raises(ConfigError):
         ChampionPolicy(max_accuracy_drop=2)
+
+
+def test_setting_a_new_alias_from_many_writers_at_once_succeeds(mlflow_server, tmp_path):
+    """MLflow's SQL store creates an alias by read-then-insert: simultaneous first writers collide.
+
+    The CI run of 2026-12-05 failed this way (UNIQUE constraint on registered_model_aliases) when
+    two pipelines registered under one alias; every writer must succeed and the alias must exist.
+    """
+    import threading
+
+    from mlflow.tracking import MlflowClient
+
+    from sparsepipe.registry import _set_alias
+
+    client = MlflowClient(tracking_uri=mlflow_server.tracking_uri)
+    name = f"alias-race-{tmp_path.name}"
+    client.create_registered_model(name)
+    run_id = client.create_run(client.create_experiment(f"alias-race-{tmp_path.name}")).info.run_id
+    versions = [client.create_model_version(name, source=f"runs:/{run_id}/m", run_id=run_id).version for _ in range(8)]
+    errors = []
+    for round_ in range(20):  # a fresh alias each round: only the first creation can collide
+        alias = f"a{round_}"
+        barrier = threading.Barrier(len(versions))
+
+        def write(version, alias=alias, barrier=barrier):
+            try:
+                barrier.wait()
+                _set_alias(MlflowClient(tracking_uri=mlflow_server.tracking_uri), name, alias, version)
+            except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=write, args=(v,)) for v in versions]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert client.get_model_version_by_alias(name, alias).version in versions
+    assert not errors, errors

@@ -32,6 +32,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -305,7 +306,7 @@ def register_model(
         mv = client.create_model_version(name, source=source, run_id=run_id, tags=version_tags,
                                          description=description or None)
         if alias and alias_policy == "force":
-            client.set_registered_model_alias(name, alias, mv.version)
+            _set_alias(client, name, alias, mv.version)
         elif alias:
             _point_alias_at_newest_candidate(client, name, alias)
     except MlflowException as exc:
@@ -336,8 +337,29 @@ def _point_alias_at_newest_candidate(client: Any, name: str, alias: str) -> None
             current = None
         if current == newest:
             return
-        client.set_registered_model_alias(name, alias, newest)
+        _set_alias(client, name, alias, newest)
     raise RegistryError(f"Alias '{alias}' of '{name}' kept changing under concurrent registrations; re-run the step.")
+
+
+def _set_alias(client: Any, name: str, alias: str, version: str, attempts: int = 10) -> None:
+    """Point ``alias`` at ``version``, retrying when a concurrent writer created the alias first.
+
+    MLflow's SQL store sets an alias by reading and then inserting, so two processes that set a
+    not-yet-existing alias at the same moment can make one of them fail with a unique-constraint
+    error (seen with the SQLite backend). Retrying is safe: setting an alias is idempotent.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            client.set_registered_model_alias(name, alias, version)
+            return
+        except MlflowException as exc:
+            text = str(exc)
+            if attempt == attempts - 1 or not ("UNIQUE constraint" in text or "IntegrityError" in text
+                                               or "Duplicate entry" in text or "duplicate key" in text):
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 # ------------------------------------------------------------------------------------ champion
