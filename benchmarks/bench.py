@@ -4,10 +4,13 @@
     .venv/bin/python benchmarks/bench.py --quick --out runs/bench-quick   # minutes: 320 px, 1 thread, 2 epochs
 
 Models come from the pruning benchmark (``--sparsify``, default runs/bench-sparsify, on
-``synthetic:preset=bench``): ``baseline`` (60 epochs, converged), ``plain`` (baseline + 30 plain
-epochs = 90), ``pruned50`` / ``pruned75`` (baseline + 30 epochs of their recipes = 90). FAIRNESS:
-every fine-tuned variant has 90 epochs in all, so the dense reference is ``plain``:
-- ``dense``: FP32 export of plain (the reference: onnxruntime FP32); ``dense-ptq``: its PTQ INT8;
+``synthetic:preset=bench``): ``baseline`` (60 epochs from scratch + 15 low-LR epochs = 75,
+plateaued), ``plain`` (baseline + 30 plain epochs), ``pruned50`` / ``pruned75`` (baseline + 30
+epochs of their recipes). FAIRNESS: every fine-tuned variant has the same number of epochs in all,
+so the dense reference is ``plain`` by default; ``--reference baseline`` uses the plateaued
+baseline itself (more epochs do not help it: plain scored lower), and ``--pruned ''`` leaves the
+GMP runs out when they were not trained:
+- ``dense``: FP32 export of the reference (timed on onnxruntime FP32); ``dense-ptq``: its PTQ INT8;
 - ``pruned50`` / ``pruned75`` (+ ``-ptq``, + ``-qat``: 3 more QAT epochs with
   benchmarks/recipes/qat-finetune.yaml);
 - one variant per channel recipe (``--recipes``, default the ``-distill`` ones: channel pruning
@@ -78,14 +81,13 @@ def train_variants(args: argparse.Namespace, out: Path, data: str) -> dict[str, 
     src = Path(args.sparsify)
     data_id = dataset_digest(data)
     fine_tuned = args.base_epochs + args.prune_epochs
-    models = {
-        "dense": {"model": src / "plain", "int8": False, "epochs": fine_tuned},
-        "pruned50": {"model": src / "pruned50", "int8": False, "epochs": fine_tuned},
-        "pruned75": {"model": src / "pruned75", "int8": False, "epochs": fine_tuned},
-    }
+    reference_epochs = fine_tuned if args.reference == "plain" else args.base_epochs
+    models = {"dense": {"model": src / args.reference, "int8": False, "epochs": reference_epochs}}
+    for pruned in args.pruned:
+        models[pruned] = {"model": src / pruned, "int8": False, "epochs": fine_tuned}
     config = SparsifyConfig(imgsz=args.train_imgsz, batch=args.batch, plots=False, extra={"nbs": args.nbs})
     qat_recipe = ROOT / "benchmarks/recipes/qat-finetune.yaml"
-    for pruned in ("pruned50", "pruned75"):
+    for pruned in args.pruned:
         name = f"{pruned}-qat"
         start = weights_of(src / pruned)
         target = out / "train" / name
@@ -290,7 +292,12 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--engines", default="", help="comma list; default: every available engine")
     parser.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs of each channel recipe from the baseline")
-    parser.add_argument("--base-epochs", type=int, default=60, help="epochs of the --sparsify baseline (for the table)")
+    parser.add_argument("--reference", choices=("plain", "baseline"), default="plain",
+                        help="the dense reference: plain (baseline + --prune-epochs plain epochs: as long as the pruned "
+                             "runs) or the baseline itself (fair when it has plateaued: more epochs do not help it)")
+    parser.add_argument("--pruned", default="pruned50,pruned75",
+                        help="comma list of --sparsify GMP runs to include (each also gets a -qat variant); '' for none")
+    parser.add_argument("--base-epochs", type=int, default=75, help="epochs of the --sparsify baseline (for the table)")
     parser.add_argument("--prune-epochs", type=int, default=30, help="epochs of the --sparsify plain/pruned runs (for the table)")
     parser.add_argument("--qat-epochs", type=int, default=3, help="QAT epochs on top of pruned50 and pruned75")
     parser.add_argument("--train-imgsz", type=int, default=320, help="image size of the channel/QAT fine-tuning")
@@ -337,7 +344,8 @@ def main() -> None:
         return
     out.mkdir(parents=True, exist_ok=True)
     src = Path(args.sparsify)
-    for need in ("baseline", "plain", "pruned50", "pruned75", "data"):
+    args.pruned = [p for p in str(args.pruned).split(",") if p]
+    for need in ("baseline", args.reference, *args.pruned, "data"):
         if not (src / need / "result.json").is_file():
             sys.exit(f"error: {src / need} has no result.json; run `make bench-sparsify` first (or pass --sparsify).")
     data = str(src / "data")

@@ -5,8 +5,13 @@
 On the generated benchmark dataset (``synthetic:preset=bench``: 512 train / 512 val images at
 320 px, 4 classes), YOLOv8n at 320 px, batch 16 with ``nbs=16`` (every batch is an optimizer
 step: 32 steps an epoch, not the 8 of ultralytics' default nbs=64):
-1. ``baseline``: trained ``--epochs`` epochs from scratch; the script checks that it plateaued
-   (relative gain of mAP50-95 over the last fifth of the epochs < ``--plateau`` = 1 %) and says so;
+1. ``baseline-scratch``: trained ``--epochs`` epochs from scratch (ultralytics' auto optimizer:
+   AdamW, lr 0.00125 decaying linearly to 1 % of it); then ``baseline``: that checkpoint trained
+   ``--polish-epochs`` more epochs with AdamW from ``--polish-lr0`` (the scratch run's LR at 90 %
+   of its epochs) decaying to a tenth of it, no warm-up and no mosaic, like the scratch run's
+   last 10 epochs: the tail of the schedule, made longer. The script checks that the whole curve
+   plateaued (relative gain of mAP50-95 over the last fifth of all the epochs < ``--plateau`` = 1 %)
+   and says so. ``--polish-epochs 0`` makes the scratch run the baseline;
 2. ``plain``: the baseline trained ``--prune-epochs`` more epochs without a recipe (the fair
    reference: same start, same length as the recipes);
 3. ``pruned50`` / ``pruned75``: the baseline under recipes/yolov8n-pruned50.yaml / -pruned75.yaml,
@@ -17,7 +22,7 @@ Resumable: each step's folder is reused when it finished with the same inputs (c
 data definition, model, settings, recipe text, starting checkpoint; :mod:`sparsepipe.step_cache`);
 a stopped run re-does only the unfinished step. Finished steps committed under
 ``benchmarks/models/<step>/`` (``--seeds``) are copied in when their key matches, so a new
-machine does not train them again (the converged baseline is ~75 min on 2 cores). Writes ``sparsify.{md,json}`` and
+machine does not train them again (the scratch baseline is ~90 min on 2 cores). Writes ``sparsify.{md,json}`` and
 ``curves.png`` (mAP50-95 per epoch of every run) into ``--out``.
 """
 
@@ -91,6 +96,8 @@ def main() -> None:
     parser.add_argument("--model", default="yolov8n.yaml")
     parser.add_argument("--imgsz", type=int, default=320)
     parser.add_argument("--epochs", type=int, default=60, help="baseline epochs from scratch")
+    parser.add_argument("--polish-epochs", type=int, default=15, help="low-LR epochs continuing the scratch baseline")
+    parser.add_argument("--polish-lr0", type=float, default=1.25e-4, help="AdamW LR of the first polish epoch")
     parser.add_argument("--prune-epochs", type=int, default=30, help="length of plain and recipe fine-tuning")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--nbs", type=int, default=16, help="ultralytics' nominal batch size (= batch: a step per batch)")
@@ -123,8 +130,18 @@ def main() -> None:
     base_config = TrainConfig(epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, extra=extra)
     base_key = content_key(step="train", model=args.model, data=data_id, config=base_config)
     seeds = Path(args.seeds)
-    steps["baseline"] = cached_step(out / "baseline", base_key, lambda: train(args.model, data, out / "baseline", base_config),
-                                    seed=seeds / "baseline")
+    scratch = cached_step(out / "baseline-scratch", base_key,
+                          lambda: train(args.model, data, out / "baseline-scratch", base_config),
+                          seed=seeds / "baseline-scratch")
+    if args.polish_epochs > 0:
+        polish_config = TrainConfig(epochs=args.polish_epochs, imgsz=args.imgsz, batch=args.batch, optimizer="AdamW",
+                                    lr0=args.polish_lr0, extra={**extra, "lrf": 0.1, "warmup_epochs": 0,
+                                                                "close_mosaic": args.polish_epochs})
+        key = content_key(step="train", model=scratch.path("weights"), data=data_id, config=polish_config)
+        steps["baseline"] = cached_step(out / "baseline", key, lambda: train(
+            str(scratch.path("weights")), data, out / "baseline", polish_config), seed=seeds / "baseline")
+    else:
+        steps["baseline"] = scratch
     base_weights = steps["baseline"].path("weights")
 
     if "plain" in wanted:
@@ -152,13 +169,17 @@ def main() -> None:
             str(step.path("weights")), data, out / f"{name}-eval", EvaluateConfig(imgsz=args.imgsz, variant=name)))
 
     curves = {name: curve(Path(step.out_dir)) for name, step in steps.items()}
+    base_epochs = args.epochs + args.polish_epochs
+    if args.polish_epochs > 0:  # one curve: scratch epochs, then the polish epochs after them
+        curves["baseline"] = curve(Path(scratch.out_dir)) + [
+            {**p, "epoch": p["epoch"] + args.epochs} for p in curves["baseline"]]
     gain = plateau_gain(curves["baseline"])
     reference = "plain" if "plain" in evaluations else "baseline"
     ref_records = DetectionRecords.load(evaluations[reference].path("per_image"))
     rows: dict[str, dict[str, Any]] = {}
     for name, ev in evaluations.items():
         m = ev.metrics
-        row = {"epochs": args.epochs + (args.prune_epochs if name != "baseline" else 0), "map50_95": m["map50_95"],
+        row = {"epochs": base_epochs + (args.prune_epochs if name != "baseline" else 0), "map50_95": m["map50_95"],
                "map50": m["map50"], "ci": [m.get("map50_95_ci_low"), m.get("map50_95_ci_high")],
                "sparsity": steps[name].metrics.get("sparsity", 0.0), "weights": str(steps[name].path("weights")),
                "curve": curves[name]}
@@ -190,11 +211,11 @@ def main() -> None:
         if name != "baseline" and curves[name]:
             lines.append(f"- {name}: " + ", ".join(f"{p['epoch']}: {p['map50_95']:.3f}" for p in curves[name]
                                                     if p["epoch"] % 5 == 0 or p is curves[name][-1]))
-    offsets = {name: (args.epochs if name != "baseline" else 0) for name in curves}
+    offsets = {name: (base_epochs if name != "baseline" else 0) for name in curves}
     plot = curves_plot(curves, offsets, out / "curves.png")
     hw = cpu_info()
-    header = (f"Command: `.venv/bin/python benchmarks/sparsify_bench.py --epochs {args.epochs} --prune-epochs "
-              f"{args.prune_epochs} --imgsz {args.imgsz} --batch {args.batch} --nbs {args.nbs}`; data `{args.data}`; "
+    header = (f"Command: `.venv/bin/python benchmarks/sparsify_bench.py --epochs {args.epochs} --polish-epochs "
+              f"{args.polish_epochs} --polish-lr0 {args.polish_lr0:g} --prune-epochs {args.prune_epochs} --imgsz {args.imgsz} --batch {args.batch} --nbs {args.nbs}`; data `{args.data}`; "
               f"machine: {hw['cpu_model']}, {hw['usable_cores']} cores; {time.strftime('%Y-%m-%d')}. "
               f"Recipes shortened with `{shortened}`. Curves: {plot.name}.")
     table = header + "\n\n" + "\n".join(lines) + "\n"
