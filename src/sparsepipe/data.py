@@ -41,11 +41,13 @@ from collections import Counter
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from sparsepipe.core import cache as core_cache
+from sparsepipe.core.files import replace_dir
+from sparsepipe.core.redaction import redact_url
 from sparsepipe.errors import ConfigError, DataError, SparsepipeError
 from sparsepipe.results import RESULT_FILE, StepResult, atomic_write_text, publish_mode, read_result
 from sparsepipe.synthetic import GENERATOR_VERSION, PRESETS, SyntheticConfig, generate_dataset
 
-CACHE_ENV = "SPARSEPIPE_CACHE"
 DATA_YAML = "data.yaml"
 #: Image suffixes ultralytics loads (lower case, without the dot).
 IMAGE_SUFFIXES = frozenset(
@@ -88,9 +90,7 @@ MAX_ARCHIVE_FILES = 1_000_000
 
 def default_cache_dir() -> Path:
     """``$SPARSEPIPE_CACHE/data`` when the variable is set, else ``~/.cache/sparsepipe/data``."""
-    root = os.environ.get(CACHE_ENV)
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "sparsepipe"
-    return base / "data"
+    return core_cache.cache_dir("data")
 
 
 @dataclasses.dataclass
@@ -800,7 +800,7 @@ def download(url: str, dest: Path, timeout_s: float = 60.0, progress: bool = Tru
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
     request = urllib.request.Request(url, headers={"User-Agent": "sparsepipe"})
-    safe_url = _redact(url)
+    safe_url = redact_url(url)
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as resp, open(tmp, "wb") as fh:
             total = int(resp.headers.get("Content-Length") or 0) or None
@@ -835,12 +835,6 @@ def download(url: str, dest: Path, timeout_s: float = 60.0, progress: bool = Tru
     finally:
         tmp.unlink(missing_ok=True)
     return dest
-
-
-def _redact(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _cache_key(text: str) -> str:
@@ -883,7 +877,7 @@ def _fill_cache_entry(final: Path, fill, refresh: bool) -> Path:
     try:
         fill(tmp)
         if final.exists():
-            _replace_dir(tmp, final)
+            replace_dir(tmp, final)
         else:
             try:
                 os.rename(tmp, final)
@@ -928,7 +922,7 @@ def _fetched_entry(source: Source, cache_dir: Path, config: DataConfig) -> Path:
                                    max_bytes=config.max_archive_bytes)
             else:
                 archive = Path(source.value)
-            verify_sha256(archive, config.sha256, _redact(source.value) if source.kind == "http" else source.value)
+            verify_sha256(archive, config.sha256, redact_url(source.value) if source.kind == "http" else source.value)
             safe_extract(archive, tree, **limits)
             if source.kind == "http":
                 archive.unlink()
@@ -936,13 +930,13 @@ def _fetched_entry(source: Source, cache_dir: Path, config: DataConfig) -> Path:
             yaml_path = find_data_yaml(tree)
         except NoDataYaml:  # its message would name the temporary extraction folder in the cache
             raise NoDataYaml(
-                f"{_redact(source.value) if source.kind == 'http' else source.value} holds no data YAML (a YAML "
+                f"{redact_url(source.value) if source.kind == 'http' else source.value} holds no data YAML (a YAML "
                 f"with train:, val: and names:) within 3 folder levels. Put a data.yaml at the top of the "
                 f"archive (or prefix). {SOURCE_FORMS}"
             ) from None
-        _check_paths_inside(yaml_path, tree, _redact(source.value) if source.kind == "http" else source.value)
+        _check_paths_inside(yaml_path, tree, redact_url(source.value) if source.kind == "http" else source.value)
         _make_relocatable(yaml_path)
-        marker = {"source": _redact(source.value) if source.kind == "http" else source.value,
+        marker = {"source": redact_url(source.value) if source.kind == "http" else source.value,
                   "data_yaml": os.path.relpath(yaml_path, tmp)}  # fmt: skip
         (tmp / _SOURCE_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
 
@@ -1145,17 +1139,6 @@ def _check_out_dir(out: Path) -> None:
             )
 
 
-def _replace_dir(new: Path, target: Path) -> None:
-    """Put folder ``new`` at ``target``; an old ``target`` is moved aside first, then deleted."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(target, old)
-        os.rename(new, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(new, target)
-
-
 def prepare_data(source: str | os.PathLike, out: str | os.PathLike,
                  config: DataConfig | None = None) -> StepResult:  # fmt: skip
     """The data step: materialize SOURCE as a self-contained dataset in ``out``.
@@ -1182,12 +1165,12 @@ def prepare_data(source: str | os.PathLike, out: str | os.PathLike,
             # Validate the source, so errors name the user's own files, then copy.
             summary = _scan(src_yaml, config.validate, config.max_listed_errors)
             _materialize(src_yaml, tmp)
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     step_config: dict[str, Any] = {
-        "source": _redact(src.value) if src.kind == "http" else src.value,
+        "source": redact_url(src.value) if src.kind == "http" else src.value,
         "validate": config.validate,
         "max_listed_errors": config.max_listed_errors,
         "sha256": config.sha256,

@@ -29,6 +29,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from sparsepipe.core import cache as core_cache
 from sparsepipe.errors import ConfigError
 from sparsepipe.results import StepResult, atomic_copy, atomic_write_text
 
@@ -414,7 +415,7 @@ def resolve_recipe(recipe: str, cache_dir: Path | None = None) -> str:
     if not recipe:
         raise ConfigError("The recipe is empty: give recipes/<name>.yaml or an s3://bucket/key.yaml URI.")
     if storage.is_s3_uri(recipe):
-        cache = cache_dir or Path(os.environ.get("SPARSEPIPE_CACHE") or Path.home() / ".cache" / "sparsepipe") / "recipes"
+        cache = cache_dir or core_cache.cache_dir("recipes")
         return str(storage.localize(recipe, cache))
     path = Path(recipe).expanduser()
     if path.is_file():

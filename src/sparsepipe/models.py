@@ -13,6 +13,7 @@ import difflib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sparsepipe.core import cache as core_cache
 from sparsepipe.errors import ModelError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -76,7 +77,7 @@ def resolve_model_path(model: str, cache_dir: Path | None = None) -> str:
     if model.startswith("s3://"):
         from sparsepipe import storage
 
-        local_path = storage.localize(model, cache_dir or Path.home() / ".cache" / "sparsepipe" / "models")
+        local_path = storage.localize(model, cache_dir or core_cache.cache_dir("models"))
         check_checkpoint(local_path, origin=model, verified=_s3_verified(model, local_path))
         return str(local_path)
     path = Path(model).expanduser()

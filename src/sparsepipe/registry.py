@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from sparsepipe.core import cache as core_cache
 from sparsepipe.errors import ConfigError, SparsepipeError
 from sparsepipe.results import publish_mode
 
@@ -109,11 +110,6 @@ def _client(tracking_uri: str) -> Any:
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-def _cache_root() -> Path:
-    root = os.environ.get("SPARSEPIPE_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "sparsepipe") / "models"
-
-
 # ------------------------------------------------------------------------------------- resolve
 
 
@@ -133,7 +129,7 @@ def download_model_version(uri: str, cache_dir: Path | None = None, tracking_uri
             f"the MLflow UI (Models tab) and check the name, version or alias."
         ) from None
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-    dest = (cache_dir or _cache_root()) / safe / f"v{mv.version}"
+    dest = (cache_dir or core_cache.cache_dir("models")) / safe / f"v{mv.version}"
     if dest.is_dir():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,8 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from sparsepipe.core.files import replace_dir
+from sparsepipe.core.redaction import redact_url
 from sparsepipe.errors import StorageError
 from sparsepipe.results import publish_mode
 
@@ -187,12 +189,7 @@ def get_client(client: Any = None) -> Any:
 
 def _endpoint_name(client: Any) -> str:
     url = getattr(getattr(client, "meta", None), "endpoint_url", None) or "the AWS S3 endpoint"
-    return _redact_url(str(url))
-
-
-def _redact_url(url: str) -> str:
-    """Drop any user:password@ part of a URL before it goes into a message."""
-    return re.sub(r"(?<=://)[^/@]*@", "", url)
+    return redact_url(url)
 
 
 # --------------------------------------------------------------------------- errors
@@ -394,26 +391,6 @@ def _tmp_sibling_dir(dest: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     publish_mode(tmp)  # renamed into place: follow the umask, not mkdtemp's 0700
     return tmp
-
-
-def _replace_dir(tmp: Path, dest: Path) -> None:
-    """Move the finished folder ``tmp`` to ``dest``; an old ``dest`` is swapped out first."""
-    if dest.exists() or dest.is_symlink():
-        if not dest.is_dir() or dest.is_symlink():
-            raise StorageError(
-                f"Cannot write the folder {dest}: a file (or link) of that name is in the way. "
-                "Remove it or choose another destination."
-            )
-        trash = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(dest, trash)
-        try:
-            os.replace(tmp, dest)
-        except BaseException:
-            os.replace(trash, dest)
-            raise
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, dest)
 
 
 SHA256_METADATA = "sha256"  # object metadata key holding the hex SHA-256 of the uploaded bytes
@@ -631,7 +608,7 @@ def _download_planned(
                 local.parent.mkdir(parents=True, exist_ok=True)
                 _get_to_file(client, bucket, obj["Key"], local, callback)
                 _verify(local, (checksums or {}).get(obj["Key"][len(prefix):]), current)
-        _replace_dir(tmp, dest_dir)
+        replace_dir(tmp, dest_dir)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, StorageError):
@@ -842,7 +819,7 @@ def _copy_dir_atomic(src: Path, dest: Path) -> Path:
     tmp = _tmp_sibling_dir(dest)
     try:
         shutil.copytree(src, tmp, dirs_exist_ok=True, symlinks=False)
-        _replace_dir(tmp, dest)
+        replace_dir(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

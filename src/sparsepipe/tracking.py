@@ -28,6 +28,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from sparsepipe.core.redaction import redact_url
 from sparsepipe.errors import SparsepipeError, StorageError
 
 __all__ = [
@@ -82,11 +83,6 @@ class TrackingError(SparsepipeError):
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _redact_uri(uri: str) -> str:
-    """Drop any ``user:password@`` part of a URI before it goes into a message or log."""
-    return re.sub(r"(?<=://)[^/@]*@", "", str(uri))
 
 
 def sanitize_metric_name(name: str) -> str:
@@ -395,19 +391,19 @@ class MlflowTracker(Tracker):
         uri = self.tracking_uri or ""
         run_path = f"#/experiments/{self.experiment_id}/runs/{self.run_id}"
         if uri.startswith(("http://", "https://")):
-            return f"MLflow run {self.run_id}: {_redact_uri(uri).rstrip('/')}/{run_path}"
+            return f"MLflow run {self.run_id}: {redact_url(uri).rstrip('/')}/{run_path}"
         if uri.startswith("databricks"):
             return f"MLflow run {self.run_id} in the Databricks workspace ({uri})."
         return (
-            f"MLflow run {self.run_id} is in {_redact_uri(uri)}: open it with "
-            f"`mlflow ui --backend-store-uri {_redact_uri(uri)}` and browse "
+            f"MLflow run {self.run_id} is in {redact_url(uri)}: open it with "
+            f"`mlflow ui --backend-store-uri {redact_url(uri)}` and browse "
             f"http://127.0.0.1:5000/{run_path}"
         )
 
     def __repr__(self) -> str:
         return (
             f"MlflowTracker(run_id={self.run_id!r}, experiment_id={self.experiment_id!r}, "
-            f"tracking_uri={_redact_uri(self.tracking_uri or '')!r}, owns_run={self.owns_run})"
+            f"tracking_uri={redact_url(self.tracking_uri or '')!r}, owns_run={self.owns_run})"
         )
 
 
@@ -454,7 +450,7 @@ def _probe_server(tracking_uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
         requests.get(url, timeout=(timeout, timeout), allow_redirects=False)
     except requests.RequestException as exc:
         raise TrackingError(
-            f"The MLflow tracking server {_redact_uri(tracking_uri)} is unreachable "
+            f"The MLflow tracking server {redact_url(tracking_uri)} is unreachable "
             f"({type(exc).__name__}). Start it (`mlflow server ...`), fix MLFLOW_TRACKING_URI "
             "(or the --tracking-uri argument), or turn tracking off."
         ) from None
@@ -467,7 +463,7 @@ def _get_or_create_experiment(client: Any, name: str, tracking_uri: str) -> str:
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
             raise TrackingError(
-                f"The MLflow experiment '{name}' in {_redact_uri(tracking_uri)} is deleted. "
+                f"The MLflow experiment '{name}' in {redact_url(tracking_uri)} is deleted. "
                 f"Restore it (`mlflow experiments restore --experiment-id "
                 f"{experiment.experiment_id}`) or choose another experiment name."
             )
@@ -509,7 +505,7 @@ def resolve_tracker(
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if not uri:
         uri = default_local_tracking_uri(Path.cwd())
-    shown = _redact_uri(uri)
+    shown = redact_url(uri)
     if uri.startswith(("http://", "https://")):
         _probe_server(uri)
     env_experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID", "").strip()
