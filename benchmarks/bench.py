@@ -233,7 +233,7 @@ def time_cells(args: argparse.Namespace, files: dict[tuple[str, int], Path], map
             candidates = [((variant, engine), engine, path) for (variant, vsize), path in files.items()
                           if vsize == size for engine in engines
                           # an OpenVINO IR only runs on OpenVINO
-                          if path.suffix != ".xml" or engine == "openvino"]
+                          if path.suffix != ".xml" or engine.startswith("openvino")]
             print(f"timing {len(candidates)} (variant, engine) candidates at {size} px, {threads} thread(s), interleaved", flush=True)
             timed = time_interleaved(candidates, config, label=f" at {size} px")
             floor_scale = 2.0 * 1000.0 / peaks[threads]["int8_ops_s"]
@@ -350,7 +350,8 @@ def main() -> None:
             sys.exit(f"error: {src / need} has no result.json; run `make bench-sparsify` first (or pass --sparsify).")
     data = str(src / "data")
     data_yaml = str(resolve_data(data))
-    engines = [e for e in args.engines.split(",") if e] or list(_available_engines())
+    # default: every engine as predict/serve run it (openvino = f32); openvino-bf16 only when named
+    engines = [e for e in args.engines.split(",") if e] or [e for e in _available_engines() if e != "openvino-bf16"]
 
     models = train_variants(args, out, data)
     files = export_files(args, out, data, data_yaml, models)

@@ -24,7 +24,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from sparsepipe import deepsparse_engine as dse
+from sparsepipe.engines import deepsparse as dse
 from sparsepipe.benchmark import BenchmarkConfig, benchmark
 from sparsepipe.errors import ConfigError, ModelError, SparsepipeError
 

@@ -202,7 +202,7 @@ def test_image_input_refusals(tmp_path):
 @pytest.mark.slow
 def test_deepsparse_engine_agrees(trained):
     """DeepSparse (its own venv, `make deepsparse-env`) gives the same detections as onnxruntime."""
-    from sparsepipe.deepsparse_engine import require_deepsparse_python
+    from sparsepipe.engines.deepsparse import require_deepsparse_python
     from sparsepipe.predict import Predictor
 
     require_deepsparse_python()  # fails with the install hint when the venv is missing

@@ -9,11 +9,14 @@ interleaved in rounds with the candidate so machine drift hits both equally, and
 ``speedup_vs_baseline`` is the ratio of their medians. Performance claims come from these
 printed ratios, never from timed assertions in tests.
 
-Engines: ``onnxruntime`` (CPU execution provider, all graph optimizations) and, when the
+Engines (sessions and compile options come from :mod:`sparsepipe.engines`, the same ones predict
+and serve use): ``onnxruntime`` (CPU execution provider, all graph optimizations) and, when the
 ``openvino`` package imports, ``openvino`` (reads the same ONNX file, QDQ INT8 included, and
-compiles it for the CPU with a latency hint; nothing is re-quantized), and, when its own venv
-exists (``make deepsparse-env``), ``deepsparse`` (DeepSparse 1.8 in a worker subprocess, see
-:mod:`sparsepipe.deepsparse_engine`; community licence, non-production).
+compiles it for the CPU with a latency hint and f32 inference precision, as predict and serve run
+it; nothing is re-quantized) and ``openvino-bf16`` (the same with bf16 precision, OpenVINO's own
+default on AMX / AVX512-BF16 CPUs; result.json names the precision that ran), and, when its own
+venv exists (``make deepsparse-env``), ``deepsparse`` (DeepSparse 1.8 in a worker subprocess, see
+:mod:`sparsepipe.engines.deepsparse`; community licence, non-production).
 
 ``--engine`` takes a comma list (``deepsparse,onnxruntime``): the model (and the baseline) are
 then timed on every listed engine, all interleaved in the same rounds; the first engine's numbers
@@ -47,33 +50,35 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from sparsepipe.engines.deepsparse import require_deepsparse_python
+from sparsepipe.engines.options import (
+    OPENVINO,
+    OPENVINO_BF16,
+    OPENVINO_ENGINES,
+    SessionSettings,
+    available_engines,
+    usable_cpus,
+)
+from sparsepipe.engines.sessions import (
+    openvino_compile,
+    openvino_read,
+    openvino_settings_of,
+    ort_session,
+    ort_settings_of,
+)
 from sparsepipe.errors import ConfigError, ModelError
 from sparsepipe.limits import check_input_size, check_threads
 from sparsepipe.results import StepResult, check_out, claim_out
 
-def _available_engines() -> tuple[str, ...]:
-    from sparsepipe.deepsparse_engine import deepsparse_available
-
-    engines = ["onnxruntime"]
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        engines.append("openvino")
-    if deepsparse_available():  # its interpreter exists; deepsparse itself is never imported here
-        engines.append("deepsparse")
-    return tuple(engines)
-
-
-ENGINES = _available_engines()
+_available_engines = available_engines  # the old private name (benchmarks/bench.py uses it)
+ENGINES = available_engines()
 
 
 @dataclasses.dataclass
 class BenchmarkConfig:
     """Settings of the benchmark step."""
 
-    engine: str = "onnxruntime"  # engine(s): onnxruntime, openvino, deepsparse; a comma list times each
+    engine: str = "onnxruntime"  # engine(s): onnxruntime, openvino (f32), openvino-bf16, deepsparse; a comma list times each
     batch: int = 1  # images per inference; must match a static ONNX batch
     batches: tuple[int, ...] = ()  # batch sweep (dynamic-batch ONNX): one row per batch; () = just `batch`
     scenario: str = "sync"  # sync: one request at a time (latency); async: `streams` requests in flight
@@ -93,14 +98,12 @@ class BenchmarkConfig:
         names = self.engines
         if not names or len(set(names)) != len(names):
             raise ConfigError(f"engine={self.engine!r} must name one engine or a comma list of distinct engines.")
-        available = _available_engines() if "deepsparse" in names else ENGINES
+        available = available_engines() if "deepsparse" in names else ENGINES
         for name in names:
             if name not in available:
                 if name == "deepsparse":
-                    from sparsepipe.deepsparse_engine import require_deepsparse_python
-
                     require_deepsparse_python()  # raises with the `make deepsparse-env` hint
-                hint = " (install the openvino package for --engine openvino)" if name == "openvino" else ""
+                hint = f" (install the openvino package for --engine {name})" if name in OPENVINO_ENGINES else ""
                 raise ConfigError(f"engine={name!r} is not available; choose one of {', '.join(available)}{hint}.")
         for name in ("batch", "threads", "rounds", "streams"):
             value = getattr(self, name)
@@ -131,6 +134,11 @@ class BenchmarkConfig:
         if self.duration_s is not None and not 0 < self.duration_s < float("inf"):  # nan fails too
             raise ConfigError(f"duration_s={self.duration_s!r} must be a positive finite number of seconds.")
 
+
+    @property
+    def settings(self) -> SessionSettings:
+        """The engine-neutral session settings every runner of this config is opened with."""
+        return SessionSettings(threads=self.threads, scenario=self.scenario, streams=self.streams, pin=self.pin)
 
     @property
     def batch_list(self) -> list[int]:
@@ -178,25 +186,8 @@ class OrtRunner:
     """An onnxruntime CPU session fed with a fixed random input."""
 
     def __init__(self, path: Path, config: BenchmarkConfig) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = _ort_intra_threads(config)
-        options.inter_op_num_threads = 1
-        if config.pin and options.intra_op_num_threads > 1:
-            # ORT pins its pool threads (1-based CPU ids, one entry per thread but the caller's,
-            # which the process affinity already holds) to the CPUs after the first.
-            cpus = usable_cpus()[: options.intra_op_num_threads]
-            options.add_session_config_entry("session.intra_op_thread_affinities", ";".join(str(c + 1) for c in cpus[1:]))
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise ModelError(
-                f"onnxruntime cannot load '{path}': {exc}. Check it is a complete ONNX file written by "
-                f"`sparsepipe export` or `sparsepipe quantize`."
-            ) from None
+        self.session = ort_session(path, config.settings)
+        self.settings = ort_settings_of(self.session)
         meta = self.session.get_inputs()[0]
         shape = feed_shape([d if isinstance(d, int) else None for d in meta.shape], config, path)
         rng = np.random.default_rng(config.seed)
@@ -223,31 +214,24 @@ class OrtRunner:
 
 
 class OpenVinoRunner:
-    """An OpenVINO CPU compiled model of the same ONNX file, fed with a fixed random input."""
+    """An OpenVINO CPU compiled model of the same ONNX file, fed with a fixed random input.
 
-    def __init__(self, path: Path, config: BenchmarkConfig) -> None:
-        import openvino as ov
+    ``engine`` is ``openvino`` (f32, what predict and serve run) or ``openvino-bf16``; ``precision``
+    is what the compiled model actually runs its float layers in."""
 
-        core = ov.Core()
-        try:
-            model = core.read_model(str(path))
-        except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses
-            raise ModelError(
-                f"OpenVINO cannot read '{path}': {exc}. Check it is a complete ONNX file written by "
-                f"`sparsepipe export` or `sparsepipe quantize`."
-            ) from None
+    def __init__(self, path: Path, config: BenchmarkConfig, engine: str = OPENVINO) -> None:
+        import openvino as ov  # heavy: openvino
+
+        model = openvino_read(path)
         port = model.inputs[0]
         pshape = port.get_partial_shape()
         shape = feed_shape([d.get_length() if d.is_static else None for d in pshape], config, path)
         if pshape.is_dynamic:
             model.reshape({port.get_any_name(): ov.PartialShape(shape)})
-        properties: dict[str, Any] = {"INFERENCE_NUM_THREADS": config.threads, "PERFORMANCE_HINT": "LATENCY"}
         self.streams = config.streams if config.scenario == "async" else 1
-        if config.scenario == "async":
-            properties.update({"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": config.streams})
-        if config.pin:
-            properties["ENABLE_CPU_PINNING"] = True
-        self.compiled = core.compile_model(model, "CPU", properties)
+        self.compiled = openvino_compile(model, engine, config.settings)
+        self.settings = openvino_settings_of(self.compiled)
+        self.precision = self.settings["precision"]
         rng = np.random.default_rng(config.seed)
         self.feed = {0: rng.random(shape, dtype=np.float32)}
         self.input_shape = shape
@@ -266,24 +250,15 @@ class OpenVinoRunner:
 
 
 def _deepsparse_runner(path: Path, config: BenchmarkConfig) -> Any:
-    from sparsepipe.deepsparse_engine import DeepSparseRunner
+    from sparsepipe.engines.deepsparse import DeepSparseRunner
 
-    return DeepSparseRunner(path, config)
-
-
-def _ort_intra_threads(config: BenchmarkConfig) -> int:
-    """Intra-op threads of one ORT session: all of them in sync, split across streams in async."""
-    if config.scenario == "async":
-        return max(1, config.threads // config.streams)
-    return config.threads
+    runner = DeepSparseRunner(path, config)
+    runner.settings = {"num_cores": runner.info.get("num_cores"), "batch_size": runner.info.get("batch_size")}
+    return runner
 
 
-def usable_cpus() -> list[int]:
-    """The CPUs this process may run on, sorted."""
-    try:
-        return sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return list(range(os.cpu_count() or 1))
+def _openvino_bf16_runner(path: Path, config: BenchmarkConfig) -> OpenVinoRunner:
+    return OpenVinoRunner(path, config, engine=OPENVINO_BF16)
 
 
 @contextmanager
@@ -301,7 +276,8 @@ def pinned(config: BenchmarkConfig) -> Iterator[list[int] | None]:
         os.sched_setaffinity(0, before)
 
 
-RUNNERS = {"onnxruntime": OrtRunner, "openvino": OpenVinoRunner, "deepsparse": _deepsparse_runner}
+RUNNERS = {"onnxruntime": OrtRunner, "openvino": OpenVinoRunner, "openvino-bf16": _openvino_bf16_runner,
+           "deepsparse": _deepsparse_runner}
 
 
 def _measure(runners: list[Any], config: BenchmarkConfig) -> list[list[float]]:
@@ -425,6 +401,9 @@ def benchmark(
     extra: dict[str, Any] = {
         "hardware": cpu_info(), "engines": versions, "input_shape": runners[0].input_shape,
         "scenario": config.scenario, "streams": config.streams, "pinned_cpus": cpus,
+        # what each engine ran with, read back from the live session / compiled model
+        "engine_settings": {engine: getattr(runners[k * len(models)], "settings", {})
+                            for k, engine in enumerate(config.engines)},
     }
     if len(sweep) > 1:
         extra["sweep"] = []
@@ -482,8 +461,10 @@ def format_table(result: StepResult) -> str:
             rows.append((f"baseline @{engine}"[:21], entry["baseline"]))
     hw = result.extra.get("hardware", {})
     header = f"{'model':<22}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'mean ms':>10}{'img/s':>10}"
+    precisions = [f"{engine} {entry['precision']}" for engine, entry in result.extra.get("engine_settings", {}).items()
+                  if isinstance(entry, dict) and "precision" in entry]
     lines = [
-        f"{result.config.get('engine', 'onnxruntime')} | batch {result.config['batch']} | threads "
+        f"{result.config.get('engine', 'onnxruntime')}{' (' + ', '.join(precisions) + ')' if precisions else ''} | batch {result.config['batch']} | threads "
         f"{result.config['threads']} | {hw.get('cpu_model', '?')} ({hw.get('int8_hint', '')})",
         header,
         "-" * len(header),
@@ -569,15 +550,8 @@ def profile_ops(path: str | Path, engine: str = "onnxruntime", threads: int = 1,
     config = BenchmarkConfig(engine=engine, threads=threads)
     totals: dict[str, float] = {}
     if engine == "onnxruntime":
-        import onnxruntime as ort
-
         with tempfile.TemporaryDirectory(prefix="sparsepipe-prof-") as tmp:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            options.enable_profiling = True
-            options.profile_file_prefix = str(Path(tmp) / "ort")
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            session = ort_session(path, config.settings, profile_prefix=str(Path(tmp) / "ort"))
             meta = session.get_inputs()[0]
             shape = feed_shape([d if isinstance(d, int) else None for d in meta.shape], config, Path(path))
             feed = {meta.name: np.random.default_rng(0).random(shape, dtype=np.float32)}
@@ -588,18 +562,16 @@ def profile_ops(path: str | Path, engine: str = "onnxruntime", threads: int = 1,
             if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
                 op = event.get("args", {}).get("op_name", "?")
                 totals[op] = totals.get(op, 0.0) + float(event.get("dur", 0)) / 1000.0
-    elif engine == "openvino":
-        import openvino as ov
+    elif engine in OPENVINO_ENGINES:
+        import openvino as ov  # heavy: openvino
 
-        core = ov.Core()
-        model = core.read_model(str(path))
+        model = openvino_read(path)
         port = model.inputs[0]
         pshape = port.get_partial_shape()
         shape = feed_shape([d.get_length() if d.is_static else None for d in pshape], config, Path(path))
         if pshape.is_dynamic:
             model.reshape({port.get_any_name(): ov.PartialShape(shape)})
-        compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
-                                                     "PERF_COUNT": True})
+        compiled = openvino_compile(model, engine, config.settings, perf_count=True)
         request = compiled.create_infer_request()
         feed = {0: np.random.default_rng(0).random(shape, dtype=np.float32)}
         for _ in range(iterations):
@@ -608,7 +580,7 @@ def profile_ops(path: str | Path, engine: str = "onnxruntime", threads: int = 1,
                 key = f"{info.node_type} ({info.exec_type})"
                 totals[key] = totals.get(key, 0.0) + info.real_time.total_seconds() * 1000.0
     else:
-        raise ConfigError(f"profile_ops supports onnxruntime and openvino, not {engine!r}.")
+        raise ConfigError(f"profile_ops supports onnxruntime, {', '.join(OPENVINO_ENGINES)}, not {engine!r}.")
     whole = sum(totals.values()) or 1.0
     ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
     return [{"op": op, "ms_per_run": round(ms / iterations, 4), "share": round(ms / whole, 4)} for op, ms in ranked]

@@ -367,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "benchmark", cmd_benchmark, "CPU latency/throughput of an ONNX", "Time an ONNX model on CPU (optionally against a baseline, interleaved).")
     p.add_argument("--model", required=True, help=".onnx or the --out folder of export/quantize")
     p.add_argument("--baseline", default=None, help="another .onnx timed in the same run for speedup_vs_baseline")
-    p.add_argument("--engine", default="onnxruntime", help="inference engine: onnxruntime, or openvino (reads the same ONNX, INT8 QDQ included)")
+    p.add_argument("--engine", default="onnxruntime", help="inference engine: onnxruntime, openvino (reads the same ONNX, INT8 QDQ included; f32 as predict/serve run it), openvino-bf16, deepsparse; a comma list times each")
     p.add_argument("--batch", default="1", help="batch size, or a comma list to sweep (1,4,8: dynamic-batch ONNX), one row per batch")
     p.add_argument("--imgsz", type=int, default=None, help="image size for dynamic ONNX axes")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads")

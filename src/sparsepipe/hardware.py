@@ -23,6 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sparsepipe.engines.options import SessionSettings
+from sparsepipe.engines.sessions import openvino_compile, ort_session
+
 ISA_FLAGS = {
     "avx2": "avx2",
     "avx512f": "avx512",
@@ -163,18 +166,10 @@ def measure_peak(threads: int, iterations: int = 20, engines: tuple[str, ...] = 
             for engine in engines:
                 try:
                     if engine == "onnxruntime":
-                        import onnxruntime as ort
-
-                        options = ort.SessionOptions()
-                        options.intra_op_num_threads = threads
-                        options.inter_op_num_threads = 1
-                        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                        session = ort_session(path, SessionSettings(threads=threads))
                         seconds = _time_call(lambda: session.run(None, {"x": feed}), 3, iterations)
-                    elif engine == "openvino":
-                        import openvino as ov
-
-                        compiled = ov.Core().compile_model(
-                            str(path), "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+                    elif engine == "openvino":  # f32 precision: the fp32 probe is not silently bf16 on AMX
+                        compiled = openvino_compile(path, "openvino", SessionSettings(threads=threads))
                         request = compiled.create_infer_request()
                         seconds = _time_call(lambda: request.infer({0: feed}), 3, iterations)
                     else:

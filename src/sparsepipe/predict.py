@@ -4,8 +4,10 @@
     python -c "from sparsepipe.predict import Predictor; print(Predictor('runs/export/model.onnx').predict(['img.jpg'])[0].to_dict())"
 
 The ONNX file carries ultralytics' metadata (class names, input size, task); a ``segment`` model
-also gives instance masks when ``masks=True``. Engines: ``onnxruntime`` (default), ``openvino``,
-and ``deepsparse`` when its venv exists (see :mod:`sparsepipe.deepsparse_predict`). Several
+also gives instance masks when ``masks=True``. Engines (sessions from :mod:`sparsepipe.engines`,
+the same options ``sparsepipe benchmark`` times): ``onnxruntime`` (default), ``openvino`` (f32),
+``openvino-bf16``, and ``deepsparse`` when its venv exists (see
+:mod:`sparsepipe.engines.deepsparse_predict`). Several
 images are batched when the model has a dynamic batch axis, and looped for a static batch.
 Boxes are xyxy in the pixels of the original image.
 """
@@ -22,20 +24,22 @@ from typing import Any
 
 import numpy as np
 
+from sparsepipe.engines.options import ENGINE_NAMES, OPENVINO_ENGINES, SessionSettings
+from sparsepipe.engines.sessions import openvino_compile, openvino_read, ort_session
 from sparsepipe.errors import ConfigError, ModelError
 from sparsepipe.image_input import DEFAULT_MAX_PIXELS, load_image
 from sparsepipe.letterbox import LetterboxInfo, letterbox, unletterbox_boxes
 from sparsepipe.limits import check_threads
 from sparsepipe.nms import batched_nms, xywh_to_xyxy
 
-PREDICT_ENGINES = ("onnxruntime", "openvino", "deepsparse")
+PREDICT_ENGINES = ENGINE_NAMES  # onnxruntime, openvino, openvino-bf16, deepsparse
 
 
 @dataclasses.dataclass
 class PredictConfig:
     """Settings of ``Predictor``; every field is also a ``sparsepipe predict`` option."""
 
-    engine: str = "onnxruntime"  # onnxruntime, openvino, or deepsparse (needs make deepsparse-env)
+    engine: str = "onnxruntime"  # onnxruntime, openvino (f32), openvino-bf16, or deepsparse (needs make deepsparse-env)
     conf: float = 0.25  # minimum class score of a kept box (0..1)
     iou: float = 0.7  # NMS: a box overlapping a better one of its class by more than this is dropped
     max_det: int = 300  # at most this many boxes per image, best first
@@ -144,29 +148,16 @@ class ModelInfo:
 
 class _OrtEngine:
     def __init__(self, info: ModelInfo, threads: int) -> None:
-        from sparsepipe.benchmark import BenchmarkConfig, OrtRunner
-
-        runner = OrtRunner(info.path, BenchmarkConfig(threads=threads, batch=info.batch or 1, imgsz=info.imgsz[0]))
-        self.session = runner.session  # session.run is thread-safe
+        self.session = ort_session(info.path, SessionSettings(threads=threads))  # session.run is thread-safe
 
     def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
         return self.session.run(None, {self.session.get_inputs()[0].name: batch})
 
 
 class _OpenVinoEngine:
-    def __init__(self, info: ModelInfo, threads: int) -> None:
-        import openvino as ov
-
-        core = ov.Core()
-        try:
-            model = core.read_model(str(info.path))
-        except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses
-            raise ModelError(f"OpenVINO cannot read '{info.path}': {exc}.") from None
-        # f32: on AMX/AVX512-BF16 CPUs OpenVINO would otherwise run float layers in bf16 and move
-        # scores by ~1e-2; INT8 (QDQ) models still run their int8 kernels.
-        self.compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                          "PERFORMANCE_HINT": "LATENCY",
-                                                          "INFERENCE_PRECISION_HINT": "f32"})
+    def __init__(self, info: ModelInfo, threads: int, engine: str) -> None:
+        # the precision hint is the engine name's (openvino: f32, see sparsepipe.engines.options)
+        self.compiled = openvino_compile(openvino_read(info.path), engine, SessionSettings(threads=threads))
         self._local = threading.local()  # one infer request per thread
 
     def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
@@ -180,13 +171,13 @@ class _OpenVinoEngine:
 def _make_engine(info: ModelInfo, config: PredictConfig) -> Any:
     if config.engine == "onnxruntime":
         return _OrtEngine(info, config.threads)
-    if config.engine == "openvino":
+    if config.engine in OPENVINO_ENGINES:
         try:
-            import openvino  # noqa: F401
+            import openvino  # noqa: F401  # heavy: openvino
         except ImportError:
-            raise ConfigError("engine='openvino' needs the openvino package; install it or use onnxruntime.") from None
-        return _OpenVinoEngine(info, config.threads)
-    from sparsepipe.deepsparse_predict import DeepSparsePredictEngine
+            raise ConfigError(f"engine={config.engine!r} needs the openvino package; install it or use onnxruntime.") from None
+        return _OpenVinoEngine(info, config.threads, config.engine)
+    from sparsepipe.engines.deepsparse_predict import DeepSparsePredictEngine
 
     return DeepSparsePredictEngine(info.path, config.threads, info.batch or 1)
 

@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from ultralytics.nn.modules.block import Bottleneck
 
+from sparsepipe.engines.kernels import FLOAT_CONV_OPS, INT_CONV_OPS, conv_kernel_counts, op_counts
+from sparsepipe.engines.sessions import optimized_graph
 from sparsepipe.errors import SparsepipeError
 from sparsepipe.sparsify import SparsifyConfig
 
@@ -609,41 +611,27 @@ def requantize_conv_inputs(path: str | Path) -> int:
 
 
 def optimized_graph_ops(path: str | Path, threads: int = 1) -> dict[str, Any]:
-    """Ops of the onnxruntime-optimized graph: integer/float conv counts and stray DQ -> Conv."""
+    """Ops of the onnxruntime-optimized graph: integer/float conv counts (the same op-set table as
+    PTQ, :mod:`sparsepipe.engines.kernels`) and stray DQ -> Conv."""
     import onnx
-    import onnxruntime as ort
 
-    with tempfile.TemporaryDirectory() as tmp:
-        opt = Path(tmp) / "optimized.onnx"
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.optimized_model_filepath = str(opt)
-        so.intra_op_num_threads = threads
-        so.log_severity_level = 3  # the "hardware specific optimizations" warning is expected
-        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        graph = onnx.load(str(opt)).graph
-    ops: dict[str, int] = {}
-    for n in graph.node:
-        ops[n.op_type] = ops.get(n.op_type, 0) + 1
-    int_ops = {"QLinearConv", "ConvInteger", "NhwcQLinearConv", "QLinearConvTranspose"}
-    float_conv = {"Conv", "FusedConv", "NhwcFusedConv"}
-    int_convs = sum(c for op, c in ops.items() if op in int_ops)
-    float_convs = sum(c for op, c in ops.items() if op in float_conv)
+    graph = optimized_graph(path, threads).graph
+    ops = op_counts(graph)
+    counts = conv_kernel_counts(graph)
     # convs the export meant to be integer (quantized weights) that onnxruntime left in float
     exported = onnx.load(str(path), load_external_data=False).graph
     ex_producers = {o: n for n in exported.node for o in n.output}
     meant = {o for n in exported.node if n.op_type == "Conv" and len(n.input) > 1
              and getattr(ex_producers.get(n.input[1]), "op_type", "") == "DequantizeLinear" for o in n.output}
-    stray = [n.name for n in graph.node if n.op_type in float_conv and n.output
+    stray = [n.name for n in graph.node if n.op_type in FLOAT_CONV_OPS and n.output
              and n.output[0].removesuffix("_nchwc") in meant]
-    return {"ops": ops, "int8_conv_nodes": int_convs, "float_conv_nodes": float_convs, "stray_dq_conv": stray,
-            "float_hot_path": float_hot_path(graph)}
+    return {"ops": ops, **counts, "stray_dq_conv": stray, "float_hot_path": float_hot_path(graph)}
 
 
 # ops of an optimized graph that pass their input's element type through (uint8 in, uint8 out)
 _TYPE_PRESERVING_OPS = {"Split", "Resize", "Reshape", "Transpose", "Slice", "Squeeze", "Unsqueeze", "Flatten",
                         "Identity", "MaxPool", "Concat", "Gather"}
-_INT_CONV_OPS = {"QLinearConv", "ConvInteger", "NhwcQLinearConv", "QLinearConvTranspose"}
+_INT_CONV_OPS = INT_CONV_OPS
 
 
 def float_hot_path(graph: Any) -> list[str]:

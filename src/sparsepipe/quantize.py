@@ -36,6 +36,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from sparsepipe.engines.kernels import FLOAT_CONV_OPS, INT_CONV_OPS, conv_kernel_counts
+from sparsepipe.engines.sessions import optimized_graph
 from sparsepipe.errors import ConfigError, DataError, ModelError, SparsepipeError
 from sparsepipe.export import onnx_param_count, read_onnx
 from sparsepipe.limits import check_input_size
@@ -55,10 +57,8 @@ QUANTIZED_OPS = frozenset(
     {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
      "MatMulInteger", "DynamicQuantizeLinear", "QGemm", "DynamicQuantizeMatMul"}
 )
-#: Integer convolution kernels in an onnxruntime-optimized graph (any domain).
-INT8_CONV_OPS = frozenset({"QLinearConv", "ConvInteger"})
-#: Float convolution kernels in an onnxruntime-optimized graph (ONNX Conv, FusedConv, NCHWc Conv).
-FLOAT_CONV_OPS = frozenset({"Conv", "FusedConv"})
+#: Integer / float convolution kernels of an onnxruntime-optimized graph: the one table, shared with QAT.
+INT8_CONV_OPS = INT_CONV_OPS
 #: Ops that only move or reshape data: a Conv whose output reaches only these is an output conv.
 LAYOUT_OPS = frozenset(
     {"Reshape", "Concat", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Split",
@@ -222,13 +222,6 @@ def downstream_nodes(model: Any, names: list[str]) -> list[str]:
     return list(found)
 
 
-def conv_kernel_counts(model: Any) -> dict[str, int]:
-    """Integer vs float conv kernels of an onnxruntime-optimized ModelProto (any op domain)."""
-    int8 = sum(1 for n in model.graph.node if n.op_type in INT8_CONV_OPS)
-    fp = sum(1 for n in model.graph.node if n.op_type in FLOAT_CONV_OPS)
-    return {"int8_conv_nodes": int8, "float_conv_nodes": fp}
-
-
 def dq_fed_float_convs(model: Any) -> list[str]:
     """Float convs of an optimized graph with an input produced by DequantizeLinear (through
     layout ops): such a pair means onnxruntime did NOT fuse the QDQ group into an integer kernel."""
@@ -245,21 +238,6 @@ def dq_fed_float_convs(model: Any) -> list[str]:
                 bad.append(node.name)
                 break
     return bad
-
-
-def optimized_graph(path: str | Path, threads: int = 1) -> Any:
-    """The graph onnxruntime actually runs for ``path`` (CPU, ORT_ENABLE_ALL), as a ModelProto."""
-    import onnx
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory(prefix="sparsepipe-ortopt-") as tmp:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads
-        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        options.log_severity_level = 3  # the "hardware specific optimizations" warning is expected
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return onnx.load(str(Path(tmp) / "optimized.onnx"))
 
 
 def strip_extra_opsets(model: Any, opset: int | None = None) -> Any:
