@@ -29,8 +29,9 @@ import torch
 from torch import nn
 
 from sparsepipe.errors import SparsepipeError
-from sparsepipe.modifiers.channel_pruning import ChannelPruningModifier, selector_matches
-from sparsepipe.splitfree import SplitFreeC2f, to_splitfree
+from sparsepipe.modifiers.channel_pruning import ChannelPruningModifier
+from sparsepipe.recipe.rules import channel_modifier, channel_selector_matches, unmatched_selectors  # noqa: F401 - re-exported
+from sparsepipe.splitfree import is_splitfree, to_splitfree  # noqa: F401 - is_splitfree re-exported
 
 ORIGINAL_ATTR = "sparsepipe_channels"  # {conv name: original out_channels}, pickled with the model
 STATE_KEY = "channel_pruning"
@@ -38,20 +39,6 @@ TRACE_IMGSZ = 64  # input size for dependency tracing (any multiple of 32 >= 64 
 
 
 # ------------------------------------------------------------------------------ model helpers
-def is_splitfree(model: Any) -> bool:
-    """True when ``model`` holds split-free blocks (its architecture is not the YAML's)."""
-    return isinstance(model, nn.Module) and any(isinstance(m, SplitFreeC2f) for m in model.modules())
-
-
-def _alias(name: str) -> str:
-    """Module name as the unconverted model spells it (``cv1a``/``cv1b`` -> ``cv1``)."""
-    return name.replace(".cv1a", ".cv1").replace(".cv1b", ".cv1")
-
-
-def _matches(sel: str, name: str) -> bool:
-    return selector_matches(sel, name) or selector_matches(sel, _alias(name))
-
-
 ATTENTION_BLOCKS = ("C2PSA", "C2fPSA", "PSABlock", "Attention", "A2C2f", "AAttn")  # reshape heads: kept whole
 
 
@@ -109,7 +96,7 @@ def macs_and_params(model: nn.Module, imgsz: int = 640) -> tuple[float, int]:
     """(MACs, parameters) of one ``imgsz`` x ``imgsz`` image (torch-pruning's counter, on a copy)."""
     import torch_pruning as tp
 
-    from sparsepipe.qat import is_prepared, set_qat_state
+    from sparsepipe.qat_modules import is_prepared, set_qat_state
 
     probe = copy.deepcopy(model).float().cpu().eval()
     if is_prepared(probe):  # QAT convs call F.conv2d while active; plain conv modules are counted
@@ -138,20 +125,14 @@ def target_ratios(model: nn.Module, modifier: ChannelPruningModifier) -> dict[st
     skip = {n for n, _ in always_ignored(model)}
     out = {}
     for name in conv_layers(model):
-        if name in skip or any(_matches(sel, name) for sel in modifier.ignore):
+        if name in skip or any(channel_selector_matches(sel, name) for sel in modifier.ignore):
             continue
         ratio = modifier.target_ratio
         for sel, value in modifier.ratios.items():
-            if _matches(sel, name):
+            if channel_selector_matches(sel, name):
                 ratio = value
         out[name] = ratio
     return out
-
-
-def unmatched_selectors(names: list[str], modifier: ChannelPruningModifier) -> list[str]:
-    """Selectors of ``ignore``/``ratios`` matching none of the module ``names`` (``cv1a`` also answers to ``cv1``)."""
-    return [f"{field} '{sel}'" for field, sels in (("ignore", modifier.ignore), ("ratios", modifier.ratios))
-            for sel in sels if not any(_matches(sel, n) for n in names)]
 
 
 def prune_to(model: nn.Module, modifier: ChannelPruningModifier, fraction: float) -> dict[str, int]:
@@ -179,7 +160,7 @@ def prune_to(model: nn.Module, modifier: ChannelPruningModifier, fraction: float
         ratios[convs[name]] = min(max((current - keep - 0.5) / current, 0.0), 0.95) if current else 0.0
     ignored = [m for _, m in always_ignored(model)]
     ignored += [m for n, m in model.named_modules()
-                if n and any(_matches(sel, n) for sel in modifier.ignore) and isinstance(m, nn.Conv2d)]
+                if n and any(channel_selector_matches(sel, n) for sel in modifier.ignore) and isinstance(m, nn.Conv2d)]
     was_training = model.training
     device = next(model.parameters()).device
     flags = {p: p.requires_grad for p in model.parameters()}
@@ -201,36 +182,6 @@ def prune_to(model: nn.Module, modifier: ChannelPruningModifier, fraction: float
 
 
 # ------------------------------------------------------------------------------ recipe checks
-def channel_modifier(recipe: Any) -> ChannelPruningModifier | None:
-    """The recipe's one ChannelPruningModifier, or None; also checks how it combines with others."""
-    from sparsepipe.modifiers.pruning import ConstantPruningModifier, GMPruningModifier
-    from sparsepipe.modifiers.quantization import QUANTIZATION_MODIFIERS
-
-    mods = recipe.modifiers_of(ChannelPruningModifier)
-    if not mods:
-        return None
-    if len(mods) > 1:
-        raise SparsepipeError(f"{recipe.source}: the recipe has {len(mods)} ChannelPruningModifiers; "
-                              f"use one (per-layer ratios go in its 'ratios' field).")
-    mod = mods[0]
-    from sparsepipe.modifiers.distillation import PerLayerDistillationModifier
-
-    if recipe.modifiers_of(PerLayerDistillationModifier):
-        raise SparsepipeError(
-            f"{recipe.source}: !PerLayerDistillationModifier cannot be combined with "
-            f"!ChannelPruningModifier (its learned projections are sized for the unpruned layers). "
-            f"Distill before or after channel pruning in a separate sparsify run, or use the "
-            f"output-level !DistillationModifier.")
-    for other in recipe.modifiers_of(GMPruningModifier, ConstantPruningModifier, *QUANTIZATION_MODIFIERS):
-        if other.start < mod.end_epoch:
-            raise SparsepipeError(
-                f"{recipe.source}: !{other.tag} starts at epoch {other.start:g}, before "
-                f"!ChannelPruningModifier ends (end_epoch {mod.end_epoch:g}). Channel pruning changes "
-                f"tensor shapes, so unstructured pruning and QAT must start at or after its end_epoch; "
-                f"move their start_epoch to {mod.end_epoch:g} or later.")
-    return mod
-
-
 # ------------------------------------------------------------------------------ training integration
 def keep_architecture_trainer(base: type, convert: bool = False) -> type:
     """Subclass of trainer ``base`` whose ``get_model`` keeps a split-free (pruned) checkpoint's module.
@@ -264,7 +215,7 @@ def rebuild_training_state(trainer: Any) -> None:
     """New optimizer, LR scheduler and EMA for ``trainer.model`` after its parameters changed."""
     from ultralytics.utils.torch_utils import ModelEMA
 
-    from sparsepipe.masks import unwrap
+    from sparsepipe.torch_utils import unwrap
 
     model = unwrap(trainer.model)
     old = trainer.optimizer
@@ -314,7 +265,8 @@ class ChannelPruningController:
         self.maybe_prune(trainer)
 
     def maybe_prune(self, trainer: Any) -> None:
-        from sparsepipe.masks import MaskManager, unwrap
+        from sparsepipe.masks import MaskManager
+        from sparsepipe.torch_utils import unwrap
 
         mod = self.modifier
         due = mod.steps_due(self.session.epoch)

@@ -412,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serving_commands(sub, _add)  # predict, serve, deploy (issue 9)
 
     try:
-        from sparsepipe.recipe.cli import add_recipe_commands
+        from sparsepipe.recipe_cli import add_recipe_commands
     except ImportError:  # pragma: no cover - the recipe engine ships with the package
         add_recipe_commands = None
     if add_recipe_commands is not None:

@@ -156,7 +156,7 @@ def check_model(path: Path) -> Any:
     DeepSparse reads only the default ONNX domain at opset <= 17: extra opset imports (what
     onnxruntime's ``quant_pre_process`` stamps, or ``com.microsoft`` contrib ops) are refused.
     """
-    from sparsepipe.export import read_onnx
+    from sparsepipe.onnx_utils import read_onnx
 
     model = read_onnx(path)
     extra = sorted(f"{o.domain} {o.version}" for o in model.opset_import if o.domain not in ("", "ai.onnx"))

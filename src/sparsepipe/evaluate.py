@@ -154,7 +154,7 @@ def evaluate(model: str, data: str, out: str | Path, config: EvaluateConfig | No
     if imgsz is None:
         imgsz = 320
         if path.suffix == ".onnx":
-            from sparsepipe.export import onnx_metadata
+            from sparsepipe.onnx_utils import onnx_metadata
 
             meta_size = onnx_metadata(path).get("imgsz", "")
             digits = [int(t) for t in meta_size.strip("[]() ").replace(",", " ").split() if t.isdigit()]

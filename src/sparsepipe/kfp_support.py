@@ -517,7 +517,7 @@ def run_report(results: list[str], out: str, context: str = "", *, markdown_path
     """The report step over step folders; copies report.md/.html to the KFP artifact paths.
 
     ``register_model`` (a registered model name; "" = no registration, also when tracking is
-    off) registers the champion's ONNX (:func:`sparsepipe.registry.register_champion`: fastest
+    off) registers the champion's ONNX (:func:`sparsepipe.champion.register_champion`: fastest
     variant within ``max_accuracy_drop`` of the baseline's mAP50-95) and points ``alias`` at it;
     the choice is appended to the report and kept in ``result.extra["registered"]``.
     """
@@ -527,7 +527,8 @@ def run_report(results: list[str], out: str, context: str = "", *, markdown_path
         result = report(list(results), out, ReportConfig(baseline=baseline, title=title), tracker)
         run_id = str(getattr(tracker, "run_id", "") or "")
         if register_model and run_id:
-            from sparsepipe.registry import ChampionPolicy, register_champion
+            from sparsepipe.champion import register_champion
+            from sparsepipe.registry import ChampionPolicy
 
             registered = register_champion(
                 list(results), register_model, alias=alias, run_id=run_id,

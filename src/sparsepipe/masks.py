@@ -28,16 +28,12 @@ from sparsepipe.modifiers.pruning import (
 from sparsepipe.modifiers.second_order import SECOND_ORDER_MODIFIERS, second_order_prune
 from sparsepipe.recipe.schedule import MaskSchedule
 from sparsepipe.recipe.validate import resolve_pruning
+from sparsepipe.torch_utils import unwrap
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from sparsepipe.recipe.recipe import Recipe
-
-
-def unwrap(model: Any) -> Any:
-    """The bare module inside DDP / DataParallel wrappers."""
-    return model.module if hasattr(model, "module") and not hasattr(model, "yaml") else model
 
 
 class MaskManager:

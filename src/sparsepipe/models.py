@@ -220,7 +220,7 @@ def load_yolo(model: str, task: str | None = None, cache_dir: Path | None = None
 
     ref = resolve_model_path(model, cache_dir)
     if str(ref).lower().endswith(".onnx") and Path(ref).is_file():
-        from sparsepipe.export import check_yolo_onnx, read_onnx  # lazy: onnx is only needed for .onnx
+        from sparsepipe.onnx_utils import check_yolo_onnx, read_onnx  # lazy: onnx is only needed for .onnx
 
         check_yolo_onnx(read_onnx(ref), model)  # ultralytics would fail with an IndexError mid-validation
     try:

@@ -113,7 +113,7 @@ class ModelInfo:
 
     @classmethod
     def read(cls, path: Path) -> ModelInfo:
-        from sparsepipe.export import check_yolo_onnx, read_onnx
+        from sparsepipe.onnx_utils import check_yolo_onnx, read_onnx
 
         model = read_onnx(path)
         check_yolo_onnx(model, path)  # any other graph would fail later with an IndexError

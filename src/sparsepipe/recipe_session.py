@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sparsepipe import __version__
-from sparsepipe.masks import MaskManager, overall_sparsity, sparsity_table, unwrap
+from sparsepipe.masks import MaskManager, overall_sparsity, sparsity_table
+from sparsepipe.torch_utils import unwrap
 from sparsepipe.recipe import schedule
 
 STATE_KEY = "sparsepipe"  # key of sparsepipe's state inside ultralytics checkpoints

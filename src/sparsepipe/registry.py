@@ -1,4 +1,4 @@
-"""The MLflow model registry: register a variant's model file, pick a champion, resolve ``models:/`` URIs.
+"""The MLflow model registry: register a variant's model file, the champion policy, resolve ``models:/`` URIs.
 
     python -c "from sparsepipe.registry import resolve_registry_uri; print(resolve_registry_uri('models:/yolov8n@champion'))"
 
@@ -48,7 +48,6 @@ __all__ = [
     "download_model_version",
     "is_registry_uri",
     "parse_registry_uri",
-    "register_champion",
     "register_model",
     "resolve_registry_uri",
 ]
@@ -415,45 +414,3 @@ def choose_champion(variants: Mapping[str, Mapping[str, Any]], policy: ChampionP
     reason = (f"fastest variant with {key} >= {floor:.4f} ({1 - policy.max_accuracy_drop:.0%} of baseline "
               f"{float(base[key]):.4f}): {winner} at {speed:.3f}x baseline speed, {key} {accuracy:.4f}")
     return winner, reason
-
-
-def register_champion(
-    results: list[str | os.PathLike[str]],
-    name: str,
-    *,
-    alias: str = "champion",
-    policy: ChampionPolicy | None = None,
-    tracking_uri: str | None = None,
-    run_id: str = "",
-    experiment: str = "sparsepipe",
-) -> dict[str, Any]:
-    """Pick the champion among the variants of step folders and register its ONNX under ``alias``.
-
-    ``results`` are step out folders (export/quantize give each variant's ONNX; evaluate and
-    benchmark its metrics), as given to the report step. Returns ``{"variant", "version",
-    "uri", "reason", "model"}``; the version carries the variant's metrics as tags.
-    """
-    from sparsepipe.report import add_relative_metrics, collect_variants
-    from sparsepipe.results import read_result
-
-    policy = policy or ChampionPolicy()
-    steps = [read_result(r) for r in results]
-    variants = collect_variants(steps)
-    add_relative_metrics(variants, policy.baseline)
-    onnx: dict[str, Path] = {}
-    for step in steps:  # the ONNX that was evaluated/benchmarked: quantize's INT8, else export's FP32
-        variant = step.variant or "baseline"
-        if step.step == "quantize" and "int8_onnx" in step.files:
-            onnx[variant] = step.path("int8_onnx")
-        elif step.step == "export" and "onnx" in step.files:
-            onnx.setdefault(variant, step.path("onnx"))
-    candidates = {v: e["metrics"] for v, e in variants.items() if v in onnx}
-    winner, reason = choose_champion(candidates, policy)
-    metrics = variants[winner]["metrics"]
-    tags = {k: metrics[k] for k in ("map50", "map50_95", "latency_ms_p50", "speedup_vs_baseline", "sparsity",
-                                    "size_mb") if isinstance(metrics.get(k), (int, float))}
-    tags["sparsepipe.champion_reason"] = reason
-    mv = register_model(onnx[winner], name, alias=alias, tracking_uri=tracking_uri, run_id=run_id,
-                        experiment=experiment, variant=winner, tags=tags, description=reason)
-    ref = f"{REGISTRY_PREFIX}{name}@{alias}" if alias else f"{REGISTRY_PREFIX}{name}/{mv.version}"
-    return {"variant": winner, "version": str(mv.version), "uri": ref, "reason": reason, "model": str(onnx[winner])}

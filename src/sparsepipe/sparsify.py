@@ -24,7 +24,7 @@ from sparsepipe.errors import ConfigError, SparsepipeError
 from sparsepipe.limits import check_epochs, check_input_size
 from sparsepipe.results import (StepResult, atomic_copy, atomic_write_bytes, atomic_write_text, check_out,
                                 claim_out)
-from sparsepipe.training import ULTRALYTICS_DIR, remove_truncated_checkpoints
+from sparsepipe.ultralytics_hooks import ULTRALYTICS_DIR, remove_truncated_checkpoints
 
 
 @dataclasses.dataclass
@@ -187,7 +187,7 @@ def sparsify(
         )
     data_yaml = resolve_data(data)
     yolo = load_yolo(str(start_from) if start_from else model)
-    from sparsepipe.qat import is_prepared, quant_modifier
+    from sparsepipe.qat_modules import is_prepared, quant_modifier
 
     quant = quant_modifier(loaded)
     if not resume and is_prepared(yolo.model):
@@ -217,7 +217,7 @@ def sparsify(
         distill = DistillationSession.create(loaded, yolo, teacher, tracker, teacher_model=teacher_model)
     qat_controller = None
     if quant is not None:  # quantization-aware training: prepared model + schedule (sparsepipe.qat)
-        from sparsepipe.qat import QATController
+        from sparsepipe.qat_modules import QATController
 
         qat_controller = QATController(loaded, session)
         session.state_hooks.append(qat_controller.state)
@@ -268,7 +268,7 @@ def sparsify(
     # a channel-pruned checkpoint keeps its own architecture; a channel-pruning run goes split-free
     trainer_cls = keep_architecture_trainer(trainer_cls, convert=channels is not None)
     if qat_controller is not None:
-        from sparsepipe.qat import qat_trainer_class
+        from sparsepipe.qat_modules import qat_trainer_class
 
         trainer_cls = qat_trainer_class(trainer_cls, qat_controller)
     started = time.perf_counter()

@@ -17,6 +17,7 @@ reload with ``YOLO(path)``. ``Bottleneck``/``C3k`` children are kept as they are
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
@@ -93,3 +94,8 @@ def to_splitfree(model: nn.Module) -> int:
             setattr(owner, leaf, new)
         count += 1
     return count
+
+
+def is_splitfree(model: Any) -> bool:
+    """True when ``model`` holds split-free blocks (its architecture is not the YAML's)."""
+    return isinstance(model, nn.Module) and any(isinstance(m, SplitFreeC2f) for m in model.modules())

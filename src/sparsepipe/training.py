@@ -18,8 +18,9 @@ from typing import Any, Callable
 from sparsepipe.errors import ConfigError, SparsepipeError
 from sparsepipe.limits import check_epochs, check_input_size
 from sparsepipe.results import StepResult, atomic_copy, check_out, claim_out
+from sparsepipe.ultralytics_hooks import (  # noqa: F401 - re-exported
+    ULTRALYTICS_DIR, remove_truncated_checkpoints)
 
-ULTRALYTICS_DIR = "ultralytics"  # ultralytics' own run folder inside --out (plots, results.csv, weights/)
 
 
 @dataclasses.dataclass
@@ -180,22 +181,6 @@ def train(
         tracker.log_artifact(str(plot), "plots")
     result.write()
     return result
-
-
-def remove_truncated_checkpoints(folder: Path) -> list[Path]:
-    """Delete the ``.pt`` files in ``folder`` that are not complete zip archives (torch's format).
-
-    ultralytics saves ``last.pt``/``best.pt`` in place; a write cut by a full disk leaves a file a
-    later ``--resume`` would try (and fail with a misleading message) to load. Complete files stay.
-    """
-    import zipfile
-
-    removed = []
-    for path in sorted(Path(folder).glob("*.pt")) if Path(folder).is_dir() else []:
-        if not zipfile.is_zipfile(path):
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
 
 
 def _flat(config: TrainConfig) -> dict[str, Any]:

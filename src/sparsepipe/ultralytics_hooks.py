@@ -17,6 +17,8 @@ losses, metrics and learning rates into sparsepipe's run instead, under stable n
 from __future__ import annotations
 
 import math
+import zipfile
+from pathlib import Path
 from typing import Any, Callable
 
 # Events sparsepipe relies on, in the order ultralytics fires them during ``train()``.
@@ -50,6 +52,7 @@ def strip_foreign_tracking(callbacks: dict[str, list[Callable]]) -> int:
 
 #: Environment variable that sets the CPU threads of training (default: every usable core).
 TRAIN_THREADS_ENV = "SPARSEPIPE_TRAIN_THREADS"
+ULTRALYTICS_DIR = "ultralytics"  # ultralytics' own run folder inside --out (plots, results.csv, weights/)
 
 
 def training_threads() -> int:
@@ -155,3 +158,17 @@ def epoch_logger(tracker: Any) -> dict[str, Callable[[Any], None]]:
         tracker.log_metrics(epoch_metrics(trainer), step=int(trainer.epoch) + 1)
 
     return {"on_train_epoch_end": on_train_epoch_end, "on_fit_epoch_end": on_fit_epoch_end}
+
+
+def remove_truncated_checkpoints(folder: Path) -> list[Path]:
+    """Delete the ``.pt`` files in ``folder`` that are not complete zip archives (torch's format).
+
+    ultralytics saves ``last.pt``/``best.pt`` in place; a write cut by a full disk leaves a file a
+    later ``--resume`` would try (and fail with a misleading message) to load. Complete files stay.
+    """
+    removed = []
+    for path in sorted(Path(folder).glob("*.pt")) if Path(folder).is_dir() else []:
+        if not zipfile.is_zipfile(path):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from sparsepipe.modifiers.base import Modifier, check_fraction
-from sparsepipe.recipe.registry import register
+from sparsepipe.modifiers.registry import register
 
 if TYPE_CHECKING:
     import torch

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import Field, field_validator, model_validator
 
 from sparsepipe.modifiers.pruning import GMPruningModifier
-from sparsepipe.recipe.registry import register
+from sparsepipe.modifiers.registry import register
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from sparsepipe.modifiers.base import Modifier
+from sparsepipe.modifiers.registry import build_modifier, known_tags, lookup
 from sparsepipe.recipe.errors import RecipeError, RecipeExpressionError, RecipeSyntaxError
 from sparsepipe.recipe.expr import eval_body, evaluate, is_eval_string
-from sparsepipe.recipe.registry import build_modifier
 from sparsepipe.recipe.yaml_io import (
     TaggedModifier,
     dump_yaml,
@@ -332,8 +332,6 @@ def _mapping_modifiers(value: dict[Any, Any], where: str) -> list[TaggedModifier
     field names ``start``, ``end``, ``update`` and ``targets`` are read as ``start_epoch``,
     ``end_epoch``, ``update_frequency`` and ``params``.
     """
-    from sparsepipe.recipe.registry import known_tags, lookup
-
     out = []
     for name, fields in value.items():
         if isinstance(fields, TaggedModifier) or not isinstance(name, str) or lookup(name) is None:
