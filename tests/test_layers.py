@@ -18,7 +18,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 from layer_check import Layer, check, cycles, scan
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,7 +84,6 @@ def test_imports_follow_the_layers():
     assert not problems, "imports that break the layer table (tests/test_layers.py):\n" + "\n".join(problems)
 
 
-@pytest.mark.xfail(strict=True, reason="imports inside functions are hoisted or annotated in the next commit")
 def test_imports_inside_functions_say_why():
     problems = check(scan(ROOTS), LAYERS, ALLOWED_CALLS, FUNCTION_IMPORTS_OK, REPO)
     assert not problems, "imports inside functions without a reason:\n" + "\n".join(problems)

@@ -21,6 +21,7 @@ achieved ratio is known after reloads.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import math
 from typing import Any, Callable
@@ -29,9 +30,12 @@ import torch
 from torch import nn
 
 from sparsepipe.errors import SparsepipeError
+from sparsepipe.masks import MaskManager
+from sparsepipe.models import load_yolo
 from sparsepipe.modifiers.channel_pruning import ChannelPruningModifier
 from sparsepipe.recipe.rules import channel_modifier, channel_selector_matches, unmatched_selectors  # noqa: F401 - re-exported
 from sparsepipe.splitfree import is_splitfree, to_splitfree  # noqa: F401 - is_splitfree re-exported
+from sparsepipe.torch_utils import unwrap
 
 ORIGINAL_ATTR = "sparsepipe_channels"  # {conv name: original out_channels}, pickled with the model
 STATE_KEY = "channel_pruning"
@@ -94,9 +98,9 @@ def channel_ratio(model: nn.Module) -> float:
 
 def macs_and_params(model: nn.Module, imgsz: int = 640) -> tuple[float, int]:
     """(MACs, parameters) of one ``imgsz`` x ``imgsz`` image (torch-pruning's counter, on a copy)."""
-    import torch_pruning as tp
+    import torch_pruning as tp  # heavy: torch_pruning
 
-    from sparsepipe.qat_modules import is_prepared, set_qat_state
+    from sparsepipe.qat_modules import is_prepared, set_qat_state  # heavy: ultralytics (via sparsepipe.qat_modules)
 
     probe = copy.deepcopy(model).float().cpu().eval()
     if is_prepared(probe):  # QAT convs call F.conv2d while active; plain conv modules are counted
@@ -107,7 +111,7 @@ def macs_and_params(model: nn.Module, imgsz: int = 640) -> tuple[float, int]:
 
 
 def _importance(name: str) -> Any:
-    import torch_pruning as tp
+    import torch_pruning as tp  # heavy: torch_pruning
 
     if name == "l1":
         return tp.importance.GroupMagnitudeImportance(p=1)
@@ -142,7 +146,7 @@ def prune_to(model: nn.Module, modifier: ChannelPruningModifier, fraction: float
     ends with about ``original * (1 - r * fraction)`` channels (``round_to`` rounds).
     Returns ``{conv: channels}`` after pruning.
     """
-    import torch_pruning as tp
+    import torch_pruning as tp  # heavy: torch_pruning
 
     original = record_original(model)
     convs = conv_layers(model)
@@ -213,9 +217,7 @@ def keep_architecture_trainer(base: type, convert: bool = False) -> type:
 
 def rebuild_training_state(trainer: Any) -> None:
     """New optimizer, LR scheduler and EMA for ``trainer.model`` after its parameters changed."""
-    from ultralytics.utils.torch_utils import ModelEMA
-
-    from sparsepipe.torch_utils import unwrap
+    from ultralytics.utils.torch_utils import ModelEMA  # heavy: ultralytics
 
     model = unwrap(trainer.model)
     old = trainer.optimizer
@@ -265,9 +267,6 @@ class ChannelPruningController:
         self.maybe_prune(trainer)
 
     def maybe_prune(self, trainer: Any) -> None:
-        from sparsepipe.masks import MaskManager
-        from sparsepipe.torch_utils import unwrap
-
         mod = self.modifier
         due = mod.steps_due(self.session.epoch)
         if due <= self.steps_done:
@@ -298,8 +297,6 @@ class ChannelPruningController:
 # ------------------------------------------------------------------------------ preview
 def preview(model_path: str, ratios: list[float], sizes: list[int], round_to: int | None = 8) -> list[dict[str, Any]]:
     """GMACs / parameters of ``model_path`` after one-shot pruning at each ratio (no training)."""
-    from sparsepipe.models import load_yolo
-
     rows = []
     for ratio in [0.0, *ratios]:
         model = copy.deepcopy(load_yolo(model_path).model).float()
@@ -318,8 +315,6 @@ def preview(model_path: str, ratios: list[float], sizes: list[int], round_to: in
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m sparsepipe.channel_pruning MODEL --ratios 0.3 0.5 --imgsz 320 640``: a GMACs/params table."""
-    import argparse
-
     parser = argparse.ArgumentParser(prog="python -m sparsepipe.channel_pruning",
                                      description="GMACs and parameters after one-shot channel pruning (a preview).")
     parser.add_argument("model", help="checkpoint, step folder or model config (e.g. yolov8n.yaml)")

@@ -18,10 +18,12 @@ from typing import Any
 
 from sparsepipe.errors import ConfigError, ModelError
 from sparsepipe.limits import check_input_size
+from sparsepipe.models import load_yolo, resolve_model_path
 from sparsepipe.onnx_utils import (  # noqa: F401 - check_yolo_onnx, read_onnx and YOLO_ONNX_LAYOUT re-exported
     YOLO_ONNX_LAYOUT, check_yolo_onnx, onnx_metadata, onnx_param_count, read_onnx)
 from sparsepipe.results import StepResult, check_out, claim_out, inherited_variant
 from sparsepipe.sizes import file_sizes
+from sparsepipe.tracking import Tracker
 
 
 @dataclasses.dataclass
@@ -47,9 +49,6 @@ class ExportConfig:
 
 def export_onnx(model: str, out: str | Path, config: ExportConfig | None = None, tracker: Any = None) -> StepResult:
     """Export ``model`` (checkpoint path or a train/sparsify out folder) to ``<out>/model.onnx``."""
-    from sparsepipe.models import load_yolo, resolve_model_path
-    from sparsepipe.tracking import Tracker
-
     config = config or ExportConfig()
     tracker = tracker or Tracker()
     out = check_out(out)  # nothing in --out changes before the checks pass (claim_out)
@@ -63,7 +62,7 @@ def export_onnx(model: str, out: str | Path, config: ExportConfig | None = None,
         )
     if _is_qat_checkpoint(source):
         # A QAT checkpoint exports as INT8 QDQ (fake-quant modules converted first).
-        from sparsepipe.qat_export import export_int8_onnx
+        from sparsepipe.qat_export import export_int8_onnx  # heavy: onnx, pydantic, torch (via sparsepipe.qat_export)
 
         target = export_int8_onnx(source, claim_out(out) / "model.onnx", config.imgsz, config.opset)
         return _publish(target, model, variant, config, tracker, out)
@@ -94,7 +93,7 @@ def export_onnx(model: str, out: str | Path, config: ExportConfig | None = None,
 
 def _is_qat_checkpoint(path: Path) -> bool:
     """Whether a .pt holds a model prepared for QAT (recorded in its recipe state)."""
-    from sparsepipe.recipe_session import checkpoint_state
+    from sparsepipe.recipe_session import checkpoint_state  # heavy: pydantic (via sparsepipe.recipe_session)
 
     state = checkpoint_state(path) or {}
     return bool(state.get("qat_prepared"))

@@ -69,7 +69,7 @@ class MaskManager:
     # ------------------------------------------------------------------ schedule
     def step(self, epoch: float) -> bool:
         """Recompute masks due at ``epoch`` and drop expired ones; True if anything changed."""
-        import torch
+        import torch  # heavy: torch
 
         changed = False
         for index, (modifier, names, schedule) in enumerate(self.pruners):
@@ -177,7 +177,7 @@ class MaskManager:
     # ------------------------------------------------------------------ enforcement
     def apply(self, module: "torch.nn.Module | None" = None) -> None:
         """Zero the pruned weights of ``module`` (default: the trained model) in place."""
-        import torch
+        import torch  # heavy: torch
 
         if not self.masks:
             return

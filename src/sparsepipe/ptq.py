@@ -249,8 +249,8 @@ def dq_fed_float_convs(model: Any) -> list[str]:
 
 def optimized_graph(path: str | Path, threads: int = 1) -> Any:
     """The graph onnxruntime actually runs for ``path`` (CPU, ORT_ENABLE_ALL), as a ModelProto."""
-    import onnx
-    import onnxruntime as ort
+    import onnx  # heavy: onnx
+    import onnxruntime as ort  # heavy: onnxruntime
 
     with tempfile.TemporaryDirectory(prefix="sparsepipe-ortopt-") as tmp:
         options = ort.SessionOptions()
@@ -293,7 +293,7 @@ def _input_shape(model: Any) -> tuple[str, list[int | str]]:
 
 def train_images(data: str) -> list[Path]:
     """All images of the TRAIN split of a data SOURCE (sorted; none -> DataError)."""
-    from sparsepipe.data import resolve_data, split_images
+    from sparsepipe.data import resolve_data, split_images  # heavy: cv2 (via sparsepipe.data)
 
     yaml_path = Path(resolve_data(data))
     images = split_images(yaml_path, "train")
@@ -316,8 +316,8 @@ def sample_images(images: list[Path], count: int, seed: int) -> list[Path]:
 
 def preprocess(path: Path, imgsz: int) -> np.ndarray:
     """One image as ultralytics feeds a static ONNX: letterbox, RGB, /255, NCHW float32 (1x3xSxS)."""
-    import cv2
-    from ultralytics.data.augment import LetterBox
+    import cv2  # heavy: cv2
+    from ultralytics.data.augment import LetterBox  # heavy: ultralytics
 
     image = cv2.imread(str(path))
     if image is None:
@@ -358,7 +358,7 @@ def _histogram_ranges(pre: Path, staging: Path, input_name: str, images: list[Pa
     before building histograms (~15 GB for yolov8n at 640 px, 64 images); the calibrator merges
     histograms across ``collect_data`` calls, so chunks bound that to 8 images.
     """
-    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator  # heavy: onnxruntime
 
     method = {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[config.calibration_method]
     options = {"percentile": float(config.percentile)} if config.calibration_method == "percentile" else {}
@@ -384,9 +384,9 @@ def quantize_onnx(fp32: Path, target: Path, images: list[Path], imgsz: int, conf
     entropy) that cannot build its histograms falls back to MinMax, with a warning, and the method
     used is appended to ``fallback`` when a list is given.
     """
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    import onnx  # heavy: onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static  # heavy: onnxruntime
+    from onnxruntime.quantization.shape_inference import quant_pre_process  # heavy: onnxruntime
 
     fallback = [] if fallback is None else fallback
     fp32_model = onnx.load(str(fp32))

@@ -11,22 +11,25 @@ this module's own ``main`` does the same when run with ``python -m``).
 from __future__ import annotations
 
 import argparse
+import io
 import math
+import os
 import sys
+import warnings as _warnings
 from pathlib import Path
 from typing import Any
 
 from sparsepipe.errors import ModelError, SparsepipeError
+from sparsepipe.models import load_yolo
+from sparsepipe.results import atomic_write_bytes
 
 
 def _load_model(spec: str) -> Any:
     """Build a model from an ultralytics YAML name (``yolov8n.yaml``) or load a local ``.pt``."""
-    import os
-
     os.environ.setdefault("YOLO_OFFLINE", "true")
     os.environ.setdefault("YOLO_AUTOINSTALL", "false")
     if spec.endswith((".yaml", ".yml")):
-        from ultralytics.nn.tasks import DetectionModel
+        from ultralytics.nn.tasks import DetectionModel  # heavy: ultralytics
 
         try:
             return DetectionModel(spec, verbose=False)
@@ -39,7 +42,6 @@ def _load_model(spec: str) -> Any:
         if not Path(spec).is_file():
             raise ModelError(f"--model '{spec}': no such checkpoint file. Weights are never "
                              f"downloaded: pass a local .pt or a config such as yolov8n.yaml.")
-        from sparsepipe.models import load_yolo  # checks the pickle first (SECURITY.md), clear errors
 
         return load_yolo(spec).model
     raise ModelError(f"--model '{spec}': expected an ultralytics config (.yaml, e.g. yolov8n.yaml) "
@@ -54,10 +56,8 @@ def _fmt(value: Any) -> str:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Print variables, modifiers, total epochs and (with --model) what each modifier touches."""
-    import warnings as _warnings
-
-    from sparsepipe.modifiers import ConstantPruningModifier, GMPruningModifier
-    from sparsepipe.recipe import RecipeWarning, load_recipe, validate_recipe
+    from sparsepipe.modifiers import ConstantPruningModifier, GMPruningModifier  # heavy: pydantic (via sparsepipe.modifiers)
+    from sparsepipe.recipe import RecipeWarning, load_recipe, validate_recipe  # heavy: pydantic (via sparsepipe.recipe)
 
     out = getattr(args, "stdout", None) or sys.stdout
     recipe = load_recipe(args.recipe, args.recipe_args)
@@ -123,8 +123,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_schedule(args: argparse.Namespace) -> int:
     """Print (and optionally plot) LR per param group and sparsity per modifier over epochs."""
-    from sparsepipe.recipe import RecipeError, load_recipe, validate_recipe
-    from sparsepipe.recipe.schedule import timeline
+    from sparsepipe.recipe import RecipeError, load_recipe, validate_recipe  # heavy: pydantic (via sparsepipe.recipe)
+    from sparsepipe.recipe.schedule import timeline  # heavy: pydantic (via sparsepipe.recipe.schedule)
 
     out = getattr(args, "stdout", None) or sys.stdout
     if args.steps_per_epoch < 1:
@@ -158,13 +158,10 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
 
 def _plot(tl: Any, path: str, title: str) -> None:
-    import matplotlib
+    import matplotlib  # heavy: matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from sparsepipe.results import atomic_write_bytes
-    import io
+    import matplotlib.pyplot as plt  # heavy: matplotlib
 
     fig, (ax_lr, ax_sp) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
     for g, values in tl.lr.items():

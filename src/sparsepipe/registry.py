@@ -29,6 +29,7 @@ the only ``.onnx``/``.pt`` file of the version, or, when it holds both, the ``.p
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import tempfile
@@ -38,7 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from sparsepipe.errors import ConfigError, SparsepipeError
+from sparsepipe.mlflow_model import save_onnx_model
 from sparsepipe.results import publish_mode
+from sparsepipe.storage import file_sha256
+from sparsepipe.tracking import _get_or_create_experiment, _probe_server
 
 __all__ = [
     "REGISTRY_PREFIX",
@@ -99,9 +103,7 @@ def _tracking_uri(explicit: str | None) -> str:
 
 
 def _client(tracking_uri: str) -> Any:
-    from mlflow.tracking import MlflowClient
-
-    from sparsepipe.tracking import _probe_server
+    from mlflow.tracking import MlflowClient  # heavy: mlflow
 
     if tracking_uri.startswith(("http://", "https://")):
         _probe_server(tracking_uri)  # seconds, not minutes of client retries
@@ -118,7 +120,7 @@ def _cache_root() -> Path:
 
 def download_model_version(uri: str, cache_dir: Path | None = None, tracking_uri: str | None = None) -> Path:
     """Download the artifacts of registry ``uri`` once (cached per name/version) and return the folder."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # heavy: mlflow
 
     name, version, alias = parse_registry_uri(uri)
     server = _tracking_uri(tracking_uri)
@@ -139,7 +141,7 @@ def download_model_version(uri: str, cache_dir: Path | None = None, tracking_uri
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     publish_mode(tmp)
     try:
-        import mlflow.artifacts
+        import mlflow.artifacts  # heavy: mlflow
 
         mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp), tracking_uri=server)
         _verify_version_files(uri, mv, tmp)
@@ -158,10 +160,6 @@ def download_model_version(uri: str, cache_dir: Path | None = None, tracking_uri
 
 def _verify_version_files(uri: str, mv: Any, folder: Path) -> None:
     """Check downloaded files against the version's ``sparsepipe.sha256.*`` tags; record the verified ones."""
-    import json
-
-    from sparsepipe.storage import file_sha256
-
     expected = {k[len(CHECKSUM_TAG_PREFIX):]: v for k, v in (mv.tags or {}).items() if k.startswith(CHECKSUM_TAG_PREFIX)}
     verified: dict[str, str] = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -184,10 +182,6 @@ def verified_checksum(path: str | os.PathLike[str]) -> str | None:
 
     Re-hashes the cached file, so a cache edited after the download is not vouched for.
     """
-    import json
-
-    from sparsepipe.storage import file_sha256
-
     path = Path(path).absolute()
     for folder in path.parents:
         marker = folder / VERIFIED_FILE
@@ -250,7 +244,7 @@ def register_model(
     ``registry/<variant or model>``, and the version's source is that artifact folder, so
     ``models:/name/N`` downloads exactly these files. Returns the MLflow ``ModelVersion``.
     """
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # heavy: mlflow
 
     files = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
     if not files:
@@ -266,15 +260,12 @@ def register_model(
     client = _client(server)
     own_run = not run_id
     if own_run:
-        from sparsepipe.tracking import _get_or_create_experiment
-
         exp_id = _get_or_create_experiment(client, experiment, server)
         run_id = client.create_run(exp_id, run_name=f"register.{variant or name}").info.run_id
     folder = f"{ARTIFACT_DIR}/{variant or 'model'}"
     onnx_files = [f for f in files if f.suffix == ".onnx"]
     try:
         if len(onnx_files) == 1:  # an MLflow model (ONNX flavour, signature) with the raw files beside it
-            from sparsepipe.mlflow_model import save_onnx_model
 
             with tempfile.TemporaryDirectory(prefix="sparsepipe-register-") as tmp:
                 staged = save_onnx_model(onnx_files[0], Path(tmp) / "model")
@@ -292,7 +283,6 @@ def register_model(
                 raise
         source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{folder}"
         version_tags = {k: str(v) for k, v in dict(tags or {}).items()}
-        from sparsepipe.storage import file_sha256
 
         for f in files:  # verified by download_model_version; lets a remote .pt be loaded without trust
             digest = file_sha256(f)
@@ -347,7 +337,7 @@ def _set_alias(client: Any, name: str, alias: str, version: str, attempts: int =
     not-yet-existing alias at the same moment can make one of them fail with a unique-constraint
     error (seen with the SQLite backend). Retrying is safe: setting an alias is idempotent.
     """
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # heavy: mlflow
 
     for attempt in range(attempts):
         try:

@@ -70,7 +70,7 @@ class SplitFreeC2f(nn.Module):
 
 def splittable_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of every ``C2f`` / ``C3k2`` that :func:`to_splitfree` would swap."""
-    from ultralytics.nn.modules.block import C2f
+    from ultralytics.nn.modules.block import C2f  # heavy: ultralytics
 
     out = []
     for name, module in model.named_modules():

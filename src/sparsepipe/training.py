@@ -17,9 +17,12 @@ from typing import Any, Callable
 
 from sparsepipe.errors import ConfigError, SparsepipeError
 from sparsepipe.limits import check_epochs, check_input_size
+from sparsepipe.models import count_params, load_yolo
 from sparsepipe.results import StepResult, atomic_copy, check_out, claim_out
+from sparsepipe.tracking import Tracker
 from sparsepipe.ultralytics_hooks import (  # noqa: F401 - re-exported
     ULTRALYTICS_DIR, remove_truncated_checkpoints)
+from sparsepipe.ultralytics_hooks import epoch_logger, trainer_class
 
 
 
@@ -114,11 +117,8 @@ def train(
     final metrics and the weights; ``None`` logs nothing. ``callbacks`` maps ultralytics
     event names to extra functions called with the trainer (ultralytics' callback API).
     """
-    from sparsepipe.channel_pruning import keep_architecture_trainer
-    from sparsepipe.data import resolve_data
-    from sparsepipe.models import count_params, load_yolo
-    from sparsepipe.tracking import Tracker
-    from sparsepipe.ultralytics_hooks import epoch_logger, trainer_class
+    from sparsepipe.channel_pruning import keep_architecture_trainer  # heavy: pydantic, torch (via sparsepipe.channel_pruning)
+    from sparsepipe.data import resolve_data  # heavy: cv2 (via sparsepipe.data)
 
     config = config or TrainConfig()
     tracker = tracker or Tracker()

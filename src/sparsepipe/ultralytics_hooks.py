@@ -17,9 +17,12 @@ losses, metrics and learning rates into sparsepipe's run instead, under stable n
 from __future__ import annotations
 
 import math
+import os
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
+
+from sparsepipe.errors import ConfigError, ModelError
 
 # Events sparsepipe relies on, in the order ultralytics fires them during ``train()``.
 # (ultralytics 8.4 declares an "optimizer_step" event but never fires it: code that must run
@@ -62,10 +65,6 @@ def training_threads() -> int:
     2-core machine is 1 thread: the second core idles while training (it also loads data in
     the main process on CPU). Measured here: see docs/benchmarks.md, "Training threads".
     """
-    import os
-
-    from sparsepipe.errors import ConfigError
-
     raw = os.environ.get(TRAIN_THREADS_ENV, "").strip()
     if raw:
         if not raw.isdigit() or int(raw) < 1:
@@ -83,13 +82,11 @@ def trainer_class(task: str) -> type:
     On the CPU it also trains with :func:`training_threads` threads instead of ultralytics'
     ``cores - 1``.
     """
-    from ultralytics.models.yolo.detect import DetectionTrainer
-    from ultralytics.models.yolo.segment import SegmentationTrainer
+    from ultralytics.models.yolo.detect import DetectionTrainer  # heavy: ultralytics
+    from ultralytics.models.yolo.segment import SegmentationTrainer  # heavy: ultralytics
 
     bases = {"detect": DetectionTrainer, "segment": SegmentationTrainer}
     if task not in bases:
-        from sparsepipe.errors import ModelError
-
         raise ModelError(
             f"Task '{task}' is not supported: sparsepipe trains detection and segmentation models "
             f"({', '.join(bases)}). Use a detection or -seg model config."
@@ -99,7 +96,7 @@ def trainer_class(task: str) -> type:
         bases[task].__init__(self, *args, **kwargs)
         strip_foreign_tracking(self.callbacks)
         if getattr(self.device, "type", "") == "cpu":
-            import torch
+            import torch  # heavy: torch
 
             torch.set_num_threads(training_threads())
 

@@ -64,7 +64,7 @@ class ModelIndex:
 
     @classmethod
     def from_module(cls, model: "torch.nn.Module") -> "ModelIndex":
-        import torch
+        import torch  # heavy: torch
 
         params = {n: tuple(p.shape) for n, p in model.named_parameters()}
         modules: dict[str, str] = {}
