@@ -15,6 +15,9 @@ Rules (each problem names file:line, from-module -> to-module and their layers):
 * no import of a module in a higher layer than the importer;
 * in an ``independent`` layer (the steps) a module imports another of the same layer only when
   the pair is listed in ``allowed`` (a documented call of one step by another);
+* a shim (a module left at an old import path that only re-exports or aliases the new one, see
+  :func:`shim_target`) belongs to no layer; code under ``src`` imports the new path, never a shim
+  (front ends outside ``src``, such as the Kubeflow components, may keep the old path);
 * an import inside a function carries a comment on its line or the line above saying why it is
   not at module level: ``# heavy: torch``, ``# optional: deepsparse`` or ``# lazy: <reason>``;
   a standard-library module is never a reason (move it to the top of the file). Roots listed in
@@ -62,6 +65,29 @@ class Graph:
     modules: dict[str, Path]
     imports: list[Import]
     packages: set[str]
+    shims: dict[str, str] = dataclasses.field(default_factory=dict)  # old path -> the module it stands for
+
+
+def shim_target(tree: ast.Module, imports: list[str]) -> str | None:
+    """The module a shim stands for, or None when ``tree`` is not a shim.
+
+    A shim holds only a docstring starting with "Moved to", imports of one scanned module,
+    optionally ``sys.modules[__name__] = <that module>`` and an ``if __name__ == "__main__":`` guard.
+    """
+    doc = ast.get_docstring(tree) or ""
+    if not doc.startswith("Moved to"):
+        return None
+    body = list(tree.body)[1:]
+    for node in body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        if isinstance(node, ast.Assign) and "sys.modules" in ast.unparse(node.targets[0]):
+            continue
+        if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
+            continue
+        return None
+    targets = set(imports)
+    return targets.pop() if len(targets) == 1 else None
 
 
 def module_names(root: Path, package: str) -> dict[str, Path]:
@@ -156,7 +182,14 @@ def scan(roots: list[tuple[Path, str]]) -> Graph:
                     parent = ".".join(parts[:i])
                     if parent in packages and parent not in ancestors and parent != name:
                         imports.append(Import(target=parent, implicit=True, **edge))
-    return Graph(modules, imports, packages)
+    shims = {}
+    for name, path in modules.items():
+        own = [i.target for i in imports if i.source == name and not i.implicit and i.target in modules
+               and i.target != "sparsepipe" and not i.target.startswith(name + ".")]
+        target = shim_target(ast.parse(path.read_text(encoding="utf-8")), own) if own else None
+        if target is not None and not name.startswith(tuple(f"{r}." for r in ("components",))):
+            shims[name] = target
+    return Graph(modules, imports, packages, shims)
 
 
 def layer_of(module: str, layers: list[Layer]) -> int | None:
@@ -236,7 +269,7 @@ def check(graph: Graph, layers: list[Layer], allowed: dict[tuple[str, str], str]
     problems: list[str] = []
     names = [layer.name for layer in layers]
     for module in sorted(graph.modules):
-        if layer_of(module, layers) is None:
+        if layer_of(module, layers) is None and module not in graph.shims:
             problems.append(f"{graph.modules[module]}: {module} is in no layer: add it to the layer table")
 
     def label(module: str) -> str:
@@ -252,7 +285,12 @@ def check(graph: Graph, layers: list[Layer], allowed: dict[tuple[str, str], str]
                 problems.append(f"  {_where(imp, root)}: {label(imp.source)} -> {label(imp.target)} [{how}]")
     used_allowances: set[tuple[str, str]] = set()
     for imp in graph.imports:
-        if imp.target not in graph.modules:
+        if imp.target not in graph.modules or imp.source in graph.shims:
+            continue
+        if imp.target in graph.shims and not imp.implicit:
+            if imp.source.split(".")[0] not in function_imports_ok:
+                problems.append(f"{_where(imp, root)}: {label(imp.source)} imports {imp.target}, a shim left at an "
+                                f"old path: import {graph.shims[imp.target]} instead")
             continue
         src, dst = layer_of(imp.source, layers), layer_of(imp.target, layers)
         if src is None or dst is None:

@@ -27,8 +27,7 @@ ROOTS = [(REPO / "src", "sparsepipe"), (REPO, "components")]
 LAYERS = [
     # what a user or Kubeflow calls: argument parsing and adapters, one call into a step each
     Layer("front ends", ("components", "components.*", "sparsepipe.__main__", "sparsepipe.cli",
-                         "sparsepipe.kfp_support", "sparsepipe.serving_cli", "sparsepipe.recipe_cli",
-                         "sparsepipe.recipe.cli")),
+                         "sparsepipe.kfp_support", "sparsepipe.serving_cli", "sparsepipe.recipe_cli")),
     # runs every step in order (make demo): the one module allowed to call them all
     Layer("orchestration", ("sparsepipe.demo",)),
     # one module per verb: a config and one function; see ALLOWED_CALLS for steps that run others
@@ -168,6 +167,22 @@ def test_checker_reports_steps_that_import_each_other_and_unjustified_lazy_impor
     text = "\n".join(check(graph, TINY, allowed, root=root))
     assert "steps are independent" not in text
     assert "allowed call pkg.step_b -> pkg.step_a is no longer made" in text
+
+
+def test_checker_knows_shims(tmp_path):
+    root = _package(tmp_path, {
+        "__init__.py": "",
+        "top.py": "from pkg import old\n",
+        "step_a.py": "",
+        "step_b.py": "",
+        "low.py": "",
+        "old.py": '"""Moved to pkg.low."""\nimport sys; from pkg import low as _m; sys.modules[__name__] = _m\n',
+    })
+    graph = scan([(root, "pkg")])
+    assert graph.shims == {"pkg.old": "pkg.low"}
+    text = "\n".join(check(graph, TINY, root=root))
+    assert "pkg.old is in no layer" not in text
+    assert "pkg/top.py:1: pkg.top (top) imports pkg.old, a shim left at an old path: import pkg.low instead" in text
 
 
 def test_checker_counts_the_package_a_submodule_import_runs(tmp_path):

@@ -268,8 +268,11 @@ def _is_module_class(module: str, attr: str) -> bool:
 
 
 #: Modules defining the layers sparsepipe's checkpoints hold; imported (by us) before a scan.
+#: QAT checkpoints name ``sparsepipe.qat_modules.QATConv``...; those written before the QAT split
+#: name ``sparsepipe.qat.QATConv``, which the QAT step module still re-exports (so it is listed too).
 MODEL_MODULES = ("torch.nn", "torch.ao.nn.quantized", "torch.ao.nn.qat", "torch.ao.nn.intrinsic",
-                 "torch.ao.quantization", "ultralytics.nn.tasks", "sparsepipe.qat", "sparsepipe.splitfree")
+                 "torch.ao.quantization", "ultralytics.nn.tasks", "sparsepipe.qat_modules", "sparsepipe.qat",
+                 "sparsepipe.splitfree")
 
 
 @functools.cache
