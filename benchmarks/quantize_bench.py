@@ -119,7 +119,7 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     threads = [int(t) for t in args.threads.split(",")]
     data_yaml = str(resolve_data(args.data))
-    engines = list(_available_engines())
+    engines = [e for e in _available_engines() if e != "openvino-bf16"]  # as bench.py: openvino = f32
     started = time.time()
 
     qat_out = out / "pruned75-qat-train"

@@ -123,7 +123,7 @@ def test_old_deepsparse_import_paths_still_work():
 def test_ptq_and_qat_count_integer_kernels_with_the_same_table(tmp_path):
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from sparsepipe import qat, quantize
+    from sparsepipe import ptq, qat, qat_export, quantize
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -144,6 +144,8 @@ def test_ptq_and_qat_count_integer_kernels_with_the_same_table(tmp_path):
     # PTQ and QAT report through the same function and table
     assert quantize.conv_kernel_counts is conv_kernel_counts and quantize.INT8_CONV_OPS is INT_CONV_OPS
     assert quantize.FLOAT_CONV_OPS is FLOAT_CONV_OPS
+    assert ptq.INT8_CONV_OPS is INT_CONV_OPS and ptq.FLOAT_CONV_OPS is FLOAT_CONV_OPS
+    assert qat_export._INT_CONV_OPS is INT_CONV_OPS and qat.optimized_graph_ops is qat_export.optimized_graph_ops
     ops = qat.optimized_graph_ops(int8)
     assert {k: ops[k] for k in counts} == counts and ops["stray_dq_conv"] == []
 

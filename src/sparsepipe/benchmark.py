@@ -41,7 +41,9 @@ and reports ``floor_ms`` = the model's FLOPs / peak and ``latency_vs_floor`` = p
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -50,7 +52,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from sparsepipe.engines.deepsparse import require_deepsparse_python
+from sparsepipe.engines.deepsparse import DeepSparseRunner, require_deepsparse_python
 from sparsepipe.engines.options import (
     OPENVINO,
     OPENVINO_BF16,
@@ -67,8 +69,12 @@ from sparsepipe.engines.sessions import (
     ort_settings_of,
 )
 from sparsepipe.errors import ConfigError, ModelError
+from sparsepipe.hardware import cpu_info, engine_versions, measure_peak
 from sparsepipe.limits import check_input_size, check_threads
-from sparsepipe.results import StepResult, check_out, claim_out
+from sparsepipe.models import resolve_model_path
+from sparsepipe.results import StepResult, check_out, claim_out, inherited_variant, produced_file
+from sparsepipe.sizes import file_sizes
+from sparsepipe.tracking import Tracker
 
 _available_engines = available_engines  # the old private name (benchmarks/bench.py uses it)
 ENGINES = available_engines()
@@ -250,8 +256,6 @@ class OpenVinoRunner:
 
 
 def _deepsparse_runner(path: Path, config: BenchmarkConfig) -> Any:
-    from sparsepipe.engines.deepsparse import DeepSparseRunner
-
     runner = DeepSparseRunner(path, config)
     runner.settings = {"num_cores": runner.info.get("num_cores"), "batch_size": runner.info.get("batch_size")}
     return runner
@@ -282,7 +286,7 @@ RUNNERS = {"onnxruntime": OrtRunner, "openvino": OpenVinoRunner, "openvino-bf16"
 
 def _measure(runners: list[Any], config: BenchmarkConfig) -> list[list[float]]:
     """Warm up every runner, then time them round-robin in ``rounds`` chunks."""
-    from tqdm import tqdm
+    from tqdm import tqdm  # heavy: tqdm
 
     for runner in runners:
         if hasattr(runner, "run_many"):
@@ -338,9 +342,6 @@ def time_interleaved(candidates: list[tuple[Any, str, Path]], config: BenchmarkC
 
 
 def _onnx_path(model: str) -> tuple[Path, str]:
-    from sparsepipe.models import resolve_model_path
-    from sparsepipe.results import inherited_variant, produced_file
-
     variant = inherited_variant(model)
     # A quantize step's folder also holds weights / an FP32 file: time the INT8 one.
     path = produced_file(model, ("int8_onnx", "onnx")) or Path(resolve_model_path(model))
@@ -360,10 +361,6 @@ def benchmark(
     tracker: Any = None,
 ) -> StepResult:
     """Time ``model`` (and ``baseline`` interleaved, if given) and write ``<out>/result.json``."""
-    from sparsepipe.hardware import cpu_info, engine_versions
-    from sparsepipe.sizes import file_sizes
-    from sparsepipe.tracking import Tracker
-
     config = config or BenchmarkConfig()
     tracker = tracker or Tracker()
     out = check_out(out)  # a run refused for its model leaves a good --out as it was (claim_out below)
@@ -412,8 +409,6 @@ def benchmark(
             extra["sweep"].append({"batch": entry["batch"], **stats})
             metrics[f"throughput_ips_b{entry['batch']}"] = stats["throughput_ips"]
     if config.floor:
-        from sparsepipe.hardware import measure_peak
-
         macs = onnx_macs(path)
         peak = measure_peak(config.threads)
         floor_ms = 2.0 * macs * first["batch"] / peak["int8_ops_s"] * 1000.0
@@ -490,8 +485,8 @@ def onnx_macs(path: str | Path) -> int:
     """Multiply-accumulates of one inference of an ONNX model: Conv, ConvTranspose, MatMul and
     Gemm nodes, from shapes inferred on the graph (QDQ weights are followed through their
     DequantizeLinear). Dynamic dims count as 1."""
-    import onnx
-    from onnx import numpy_helper, shape_inference
+    import onnx  # heavy: onnx
+    from onnx import numpy_helper, shape_inference  # heavy: onnx
 
     model = shape_inference.infer_shapes(onnx.load(str(path)))
     graph = model.graph
@@ -544,9 +539,6 @@ def profile_ops(path: str | Path, engine: str = "onnxruntime", threads: int = 1,
                 top: int = 8) -> list[dict[str, Any]]:
     """Which operators take the time: per op type, the share of summed kernel time over
     ``iterations`` runs (onnxruntime's profiler, or OpenVINO's PERF_COUNT), largest first."""
-    import json
-    import tempfile
-
     config = BenchmarkConfig(engine=engine, threads=threads)
     totals: dict[str, float] = {}
     if engine == "onnxruntime":

@@ -15,8 +15,21 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+import yaml
+
 from sparsepipe import __version__
-from sparsepipe.errors import SparsepipeError, describe_os_error
+from sparsepipe.demo import DemoConfig, run_demo
+from sparsepipe.errors import ConfigError, SparsepipeError, describe_os_error
+from sparsepipe.evaluate import EvaluateConfig, evaluate
+from sparsepipe.export import ExportConfig, export_onnx
+from sparsepipe.quantize import QuantizeConfig, quantize
+from sparsepipe.recipe_cli import add_recipe_commands
+from sparsepipe.report import ReportConfig, report
+from sparsepipe.serving_cli import add_serving_commands
+from sparsepipe.sparsify import SparsifyConfig, sparsify
+from sparsepipe.tracking import resolve_tracker
+from sparsepipe.training import TrainConfig, train
+from sparsepipe.trust import checkpoint_trust
 
 DATA_HELP = (
     "dataset SOURCE: 'synthetic[:train=N,val=N,seed=S,size=PX,classes=K,task=detect|segment]', "
@@ -60,8 +73,6 @@ def _add(sub: Any, name: str, func: Callable[[argparse.Namespace], int], help_te
 
 
 def _tracker(args: argparse.Namespace, step: str):
-    from sparsepipe.tracking import resolve_tracker
-
     return resolve_tracker(
         args.experiment,
         args.run_name or step,
@@ -78,15 +89,13 @@ def _finish(result) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from sparsepipe.data import DataConfig, prepare_data
+    from sparsepipe.data import DataConfig, prepare_data  # heavy: cv2 (via sparsepipe.data)
 
     result = prepare_data(args.source, args.out, DataConfig(validate=not args.no_validate, sha256=args.data_sha256))
     return _finish(result)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from sparsepipe.training import TrainConfig, train
-
     extra = _parse_extra(args.ultralytics_arg)
     config = TrainConfig(
         epochs=args.epochs,
@@ -107,8 +116,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sparsify(args: argparse.Namespace) -> int:
-    from sparsepipe.sparsify import SparsifyConfig, sparsify
-
     config = SparsifyConfig(
         imgsz=args.imgsz, batch=args.batch, device=args.device, workers=args.workers, seed=args.seed,
         optimizer=args.optimizer, max_epochs=args.max_epochs, plots=not args.no_plots,
@@ -121,8 +128,6 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from sparsepipe.export import ExportConfig, export_onnx
-
     config = ExportConfig(
         imgsz=args.imgsz, batch=args.batch, dynamic=args.dynamic, opset=args.opset,
         simplify=not args.no_simplify, variant=args.variant,
@@ -132,10 +137,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from sparsepipe.quantize import QuantizeConfig, quantize
-
     if args.method == "qat":
-        from sparsepipe.qat import QATConfig, qat
+        from sparsepipe.qat import QATConfig, qat  # heavy: onnx, pydantic, torch (via sparsepipe.qat)
 
         config = QATConfig(
             imgsz=args.imgsz or 320, batch=args.batch, device=args.device, workers=args.workers, seed=args.seed,
@@ -161,8 +164,6 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from sparsepipe.evaluate import EvaluateConfig, evaluate
-
     config = EvaluateConfig(imgsz=args.imgsz, batch=args.batch, split=args.split, device=args.device,
                             plots=args.plots, variant=args.variant, bootstrap=args.bootstrap)
     with _tracker(args, "evaluate") as tracker:
@@ -172,8 +173,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _int_list(text: str, flag: str) -> list[int]:
     """``"1,4,8"`` -> ``[1, 4, 8]``; anything else is a ConfigError naming the flag."""
-    from sparsepipe.errors import ConfigError
-
     try:
         values = [int(part) for part in str(text).split(",") if part.strip()]
     except ValueError:
@@ -184,7 +183,7 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from sparsepipe.benchmark import BenchmarkConfig, benchmark
+    from sparsepipe.benchmark import BenchmarkConfig, benchmark  # heavy: openvino (via sparsepipe.benchmark)
 
     batches = _int_list(args.batch, "--batch")
     config = BenchmarkConfig(
@@ -198,8 +197,6 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from sparsepipe.report import ReportConfig, report
-
     with _tracker(args, "report") as tracker:
         result = report(args.results, args.out, ReportConfig(baseline=args.baseline, title=args.title), tracker)
     print(result.extra["table"])
@@ -208,8 +205,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from sparsepipe.demo import DemoConfig, run_demo
-
     config = DemoConfig(model=args.model, data=args.data, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
                         nbs=args.nbs, iterations=args.iterations, threads=args.threads, recipe=args.recipe,
                         recipe_args=args.recipe_args)
@@ -222,8 +217,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _parse_extra(items: list[str] | None) -> dict[str, Any]:
-    import yaml
-
     extra: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -313,7 +306,6 @@ def build_parser() -> argparse.ArgumentParser:
              "Quantize to a QDQ INT8 ONNX that onnxruntime runs with integer kernels: PTQ calibrates a checkpoint or "
              "FP32 ONNX on a sample of the train split; QAT trains a checkpoint under a recipe's QuantizationModifier. "
              "Writes model_int8.onnx and its mAP. See docs/quantize.md and docs/qat.md.")
-    from sparsepipe.quantize import QuantizeConfig
 
     qdefaults = QuantizeConfig()
     p.add_argument("--method", default="ptq", choices=["ptq", "qat"], help="ptq (calibrated static INT8) or qat (recipe training)")
@@ -391,7 +383,6 @@ def build_parser() -> argparse.ArgumentParser:
     _tracking_args(p)
 
     p = _add(sub, "demo", cmd_demo, "run the whole flow on generated data", "data -> train -> export -> evaluate -> benchmark -> report, tracked in MLflow.")
-    from sparsepipe.demo import DemoConfig
 
     defaults = DemoConfig()
     p.add_argument("--model", default=defaults.model, help="model config")
@@ -407,23 +398,15 @@ def build_parser() -> argparse.ArgumentParser:
     _out_arg(p, "runs/demo")
     _tracking_args(p)
 
-    from sparsepipe.serving_cli import add_serving_commands
-
     add_serving_commands(sub, _add)  # predict, serve, deploy (issue 9)
 
-    try:
-        from sparsepipe.recipe.cli import add_recipe_commands
-    except ImportError:  # pragma: no cover - the recipe engine ships with the package
-        add_recipe_commands = None
-    if add_recipe_commands is not None:
-        add_recipe_commands(sub)
+    add_recipe_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from sparsepipe.trust import checkpoint_trust
 
     try:
         with checkpoint_trust(getattr(args, "trust_checkpoint", False)):

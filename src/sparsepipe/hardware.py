@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sparsepipe.engines.options import SessionSettings
 from sparsepipe.engines.sessions import openvino_compile, ort_session
 
@@ -100,9 +102,8 @@ PEAK_SIDE = 64
 def peak_conv_onnx(path: str | Path, int8: bool, channels: int = PEAK_CHANNELS, side: int = PEAK_SIDE) -> int:
     """Write a one-conv ONNX probe (FP32, or INT8 as QDQ: uint8 activations, int8 per-tensor
     weights) to ``path``; returns its MACs."""
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    import onnx  # heavy: onnx
+    from onnx import TensorProto, helper, numpy_helper  # heavy: onnx
 
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((channels, channels, 3, 3)).astype(np.float32) * 0.05
@@ -154,8 +155,6 @@ def measure_peak(threads: int, iterations: int = 20, engines: tuple[str, ...] = 
     """Measured peak ops/s (1 MAC = 2 ops) of the probe convolution per precision and engine on
     ``threads`` threads; ``int8_ops_s`` / ``fp32_ops_s`` are the best engine's (best of
     ``iterations`` runs, so the figure is a ceiling, not a typical value)."""
-    import numpy as np
-
     result: dict[str, Any] = {"threads": threads, "probe": f"conv3x3 {PEAK_CHANNELS}->{PEAK_CHANNELS} @ {PEAK_SIDE}x{PEAK_SIDE}"}
     with tempfile.TemporaryDirectory(prefix="sparsepipe-peak-") as tmp:
         for precision in ("fp32", "int8"):

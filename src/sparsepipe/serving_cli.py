@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from sparsepipe.deploy import DeployConfig, deploy
 from sparsepipe.image_input import DEFAULT_MAX_PIXELS
-from sparsepipe.predict import PREDICT_ENGINES
+from sparsepipe.predict import PREDICT_ENGINES, PredictConfig, predict_files
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from sparsepipe.predict import PredictConfig, predict_files
-
     config = PredictConfig(engine=args.engine, conf=args.conf, iou=args.iou, max_det=args.max_det,
                            threads=args.threads, batch_size=args.batch_size, masks=args.masks)
     path = predict_files(args.model, args.images, args.out, config, save_images=args.save_images)
@@ -28,7 +27,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from sparsepipe.serve import ServeConfig, serve
+    from sparsepipe.serve import ServeConfig, serve  # heavy: fastapi, pydantic (via sparsepipe.serve)
 
     config = ServeConfig(host=args.host, port=args.port, threads=args.threads, engine_threads=args.engine_threads,
                          queue_size=args.queue_size, max_images=args.max_images, max_request_mb=args.max_request_mb,
@@ -38,8 +37,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from sparsepipe.deploy import DeployConfig, deploy
-
     config = DeployConfig(name=args.name, namespace=args.namespace, image=args.image, cpu=args.cpu,
                           memory=args.memory, cpu_limit=args.cpu_limit, memory_limit=args.memory_limit,
                           threads=args.threads, queue_size=args.queue_size, engine=args.engine,
@@ -95,8 +92,6 @@ def add_serving_commands(sub: Any, add: Any) -> None:
     p.add_argument("--model-name", default="", help="name in the v2 routes /v2/models/NAME (default: from MODEL)")
     p.add_argument("--max-request-pixels", type=int, default=2 * DEFAULT_MAX_PIXELS,
                    help="pixels of all images of one request together, from their headers (413 above)")
-
-    from sparsepipe.deploy import DeployConfig
 
     d = DeployConfig(name="x")
     p = add(sub, "deploy", cmd_deploy, "KServe InferenceService YAML for a model",

@@ -42,7 +42,7 @@ from typing import Any
 from sparsepipe.core.files import replace_dir
 from sparsepipe.core.redaction import redact_url
 from sparsepipe.errors import StorageError
-from sparsepipe.results import publish_mode
+from sparsepipe.results import atomic_copy, atomic_write_text, publish_mode
 
 __all__ = [
     "MANIFEST_NAME",
@@ -130,8 +130,8 @@ def make_client(
 
     Credentials left as ``None`` are found by boto3's usual chain (profile, instance role...).
     """
-    import boto3
-    from botocore.config import Config
+    import boto3  # heavy: boto3
+    from botocore.config import Config  # heavy: botocore
 
     config = Config(
         connect_timeout=_CONNECT_TIMEOUT_S,
@@ -239,7 +239,7 @@ def _storage_error(
     missing: str = "object",
 ) -> StorageError:
     """Translate a boto3/botocore/OS exception into one StorageError paragraph (no secrets)."""
-    from botocore.exceptions import (
+    from botocore.exceptions import (  # heavy: botocore
         ClientError,
         ConnectionError as BotoConnectionError,
         ConnectTimeoutError,
@@ -328,7 +328,7 @@ def _progress(total_bytes: int, n_files: int, desc: str) -> Iterator[Any]:
     bar = None
     if n_files > 1:
         try:
-            from tqdm import tqdm
+            from tqdm import tqdm  # optional: tqdm
 
             bar = tqdm(
                 total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
@@ -809,7 +809,6 @@ def localize(uri_or_path: str, cache_dir: Path, *, client: Any = None) -> Path:
             log.debug("localize: cache hit for %s at %s", uri, target)
             return target
         _download_planned(client, bucket, prefix, files, target, uri)
-    from sparsepipe.results import atomic_write_text
 
     atomic_write_text(source_file, json.dumps({"uri": uri, "state": state}) + "\n")
     return target
@@ -855,7 +854,6 @@ def publish(local_path: str | os.PathLike[str], dest: str, *, client: Any = None
         else:
             if target.is_dir():  # an existing folder receives the file under its own name
                 target = target / src.name
-            from sparsepipe.results import atomic_copy
 
             atomic_copy(src, target)
     except StorageError:

@@ -2,8 +2,9 @@
 
     python -c "from sparsepipe.engines.kernels import conv_kernel_counts; from sparsepipe.engines.sessions import optimized_graph; print(conv_kernel_counts(optimized_graph('runs/ptq/model_int8.onnx')))"
 
-PTQ (:mod:`sparsepipe.quantize`) and QAT (:mod:`sparsepipe.qat`) both report
-``int8_conv_nodes`` / ``float_conv_nodes`` from here, so the two numbers mean the same thing.
+PTQ (:mod:`sparsepipe.ptq`, the :mod:`sparsepipe.quantize` step) and the QAT export
+(:mod:`sparsepipe.qat_export`) both report ``int8_conv_nodes`` / ``float_conv_nodes`` from here,
+so the two numbers mean the same thing.
 onnxruntime fuses a DequantizeLinear -> Conv -> QuantizeLinear group into ``QLinearConv`` (in
 NHWC layout ``com.microsoft.NhwcQLinearConv``); dynamic quantization gives ``ConvInteger``. A float
 conv is ONNX ``Conv``/``ConvTranspose`` or one of onnxruntime's fused forms (``FusedConv``, the

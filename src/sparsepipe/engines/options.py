@@ -16,6 +16,8 @@ import importlib.util
 import os
 from typing import Any
 
+from sparsepipe.engines.deepsparse import deepsparse_available
+
 ONNXRUNTIME = "onnxruntime"
 OPENVINO = "openvino"
 OPENVINO_BF16 = "openvino-bf16"
@@ -114,8 +116,6 @@ def openvino_properties(engine: str = OPENVINO, settings: SessionSettings | None
 def available_engines() -> tuple[str, ...]:
     """Engine names usable here: onnxruntime always, the OpenVINO ones when ``openvino`` imports,
     ``deepsparse`` when its venv's interpreter exists (it is not started to check)."""
-    from sparsepipe.engines.deepsparse import deepsparse_available
-
     engines = [ONNXRUNTIME]
     if importlib.util.find_spec("openvino") is not None:  # found, not imported (heavy: openvino)
         engines += list(OPENVINO_ENGINES)

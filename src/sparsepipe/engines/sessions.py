@@ -76,7 +76,7 @@ def openvino_settings_of(compiled: Any) -> dict[str, Any]:
 
 def optimized_graph(path: str | Path, threads: int = 1) -> Any:
     """The graph onnxruntime actually runs for ``path`` (the same options as every session), as a ModelProto."""
-    import onnx
+    import onnx  # heavy: onnx
 
     with tempfile.TemporaryDirectory(prefix="sparsepipe-ortopt-") as tmp:
         out = Path(tmp) / "optimized.onnx"
