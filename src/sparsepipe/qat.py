@@ -32,6 +32,7 @@ from torch import nn
 from ultralytics.nn.modules.block import Bottleneck
 
 from sparsepipe.errors import SparsepipeError
+from sparsepipe.recipe_lookup import resolve_recipe
 from sparsepipe.sparsify import SparsifyConfig
 
 PREPARED_ATTR = "_sparsepipe_qat"  # set on a prepared model: {"dialect": ..., "modules": n}
@@ -933,7 +934,7 @@ def qat(model: str, data: str, recipe: str | None, out: str | Path, config: QATC
                 f"quantized). Pass the float (sparse) .pt checkpoint or its train/sparsify out folder.")
         if not recipe:
             raise SparsepipeError("QAT needs --recipe RECIPE with a !QuantizationModifier.")
-        loaded = load_recipe(recipe, recipe_args=parse_recipe_args(recipe_args))
+        loaded = load_recipe(resolve_recipe(recipe), recipe_args=parse_recipe_args(recipe_args))
         if quant_modifier(loaded) is None:
             raise SparsepipeError(f"The recipe {recipe} has no !QuantizationModifier: QAT needs one "
                                   f"(see recipes/yolov8n-quick-test.yaml), or use --method ptq.")

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsepipe.errors import ConfigError, SparsepipeError
-from sparsepipe.results import publish_mode
+from sparsepipe.results import atomic_write_text, publish_mode
 
 __all__ = [
     "REGISTRY_PREFIX",
@@ -50,6 +50,7 @@ __all__ = [
     "parse_registry_uri",
     "register_champion",
     "register_model",
+    "register_report_champion",
     "resolve_registry_uri",
 ]
 
@@ -457,3 +458,41 @@ def register_champion(
                         experiment=experiment, variant=winner, tags=tags, description=reason)
     ref = f"{REGISTRY_PREFIX}{name}@{alias}" if alias else f"{REGISTRY_PREFIX}{name}/{mv.version}"
     return {"variant": winner, "version": str(mv.version), "uri": ref, "reason": reason, "model": str(onnx[winner])}
+
+
+def register_report_champion(
+    report_result: Any,
+    name: str,
+    *,
+    alias: str = "champion",
+    policy: ChampionPolicy | None = None,
+    tracker: Any,
+) -> dict[str, Any]:
+    """Register the champion among a report's variants, linked to the report step's MLflow run.
+
+    What ``sparsepipe report --register-model NAME`` and the Kubeflow report component do after
+    :func:`sparsepipe.report.report`: :func:`register_champion` over the report's ``results``
+    (the run of ``tracker`` holds the registered files), tag that run with the registered URI,
+    version and champion, append a "Registered model" section to ``report.md`` and keep the
+    choice in ``report_result.extra["registered"]`` (result.json rewritten). Returns that choice.
+    """
+    run_id = str(getattr(tracker, "run_id", "") or "")
+    if not run_id:
+        raise RegistryError(
+            f"Registering the champion as '{name}' needs MLflow tracking (the model version is logged in the "
+            f"report's run): drop --no-track, or leave --register-model out."
+        )
+    policy = policy or ChampionPolicy()
+    registered = register_champion(list(report_result.config.get("results") or []), name, alias=alias,
+                                   run_id=run_id, tracking_uri=getattr(tracker, "tracking_uri", None),
+                                   policy=policy)
+    tracker.set_tags({"sparsepipe.registered": registered["uri"],
+                      "sparsepipe.registered_version": registered["version"],
+                      "sparsepipe.champion": registered["variant"]})
+    markdown = report_result.path("markdown")
+    note = (f"\n## Registered model\n\n`{registered['uri']}` = version {registered['version']}: "
+            f"{registered['reason']}.\n")
+    atomic_write_text(markdown, markdown.read_text() + note)
+    report_result.extra["registered"] = registered
+    report_result.write()
+    return registered

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from sparsepipe.errors import ConfigError, SparsepipeError
 from sparsepipe.limits import check_epochs, check_input_size
+from sparsepipe.recipe_lookup import resolve_recipe
 from sparsepipe.results import (StepResult, atomic_copy, atomic_write_bytes, atomic_write_text, check_out,
                                 claim_out)
 from sparsepipe.training import ULTRALYTICS_DIR, remove_truncated_checkpoints
@@ -177,7 +178,7 @@ def sparsify(
             raise SparsepipeError("sparsify needs --recipe RECIPE (a .yaml/.md file); see recipes/ for examples.")
         start_from = None
         args = parse_recipe_args(recipe_args)
-        loaded = load_recipe(recipe, recipe_args=args)
+        loaded = load_recipe(resolve_recipe(recipe), recipe_args=args)  # a path, a shipped name or s3://
     epochs_needed = max(1, loaded.num_epochs)
     if config.max_epochs is not None and epochs_needed > config.max_epochs:
         raise SparsepipeError(
