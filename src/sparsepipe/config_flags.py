@@ -311,8 +311,8 @@ def config_from_args(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
     registry = getattr(args, _REGISTRY_ATTR, None) or {}
     values: dict[str, Any] = {}
     for info in config_fields(cls):
-        if info.name in fixed or not hasattr(args, info.name):
-            continue
+        if info.name in fixed or not hasattr(args, info.name) or (registry and info.name not in registry):
+            continue  # not given (the config's default applies), or a hand-written flag of the same name
         entry = registry.get(info.name, {})
         option = (entry.get("options") or [flag_name(info.name)])[0]
         value = getattr(args, info.name)
