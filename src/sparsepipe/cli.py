@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -24,7 +25,7 @@ DATA_HELP = (
 )
 
 
-def _tracking_args(parser: argparse.ArgumentParser) -> None:
+def _tracking_args(parser: argparse.ArgumentParser, local_store: bool = True) -> None:
     group = parser.add_argument_group("tracking")
     group.add_argument(
         "--experiment", default="sparsepipe", help="MLflow experiment (MLFLOW_EXPERIMENT_NAME wins when set)"
@@ -33,8 +34,11 @@ def _tracking_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--no-track",
         action="store_true",
-        help="log nothing to MLflow (default: MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db)",
+        help="log nothing to MLflow (default: MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db)" if local_store else
+        "log nothing to MLflow (default: tracked when MLFLOW_TRACKING_URI or MLFLOW_RUN_ID is set, as in the "
+        "Kubeflow pipeline; no local ./mlruns run per dataset)",
     )
+    parser.set_defaults(track_local_store=local_store)
 
 
 def _out_arg(parser: argparse.ArgumentParser, default: str) -> None:
@@ -58,10 +62,11 @@ def _add(sub: Any, name: str, func: Callable[[argparse.Namespace], int], help_te
 def _tracker(args: argparse.Namespace, step: str):
     from sparsepipe.tracking import resolve_tracker
 
+    configured = any(os.environ.get(name, "").strip() for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"))
     return resolve_tracker(
         args.experiment,
         args.run_name or step,
-        enabled=not args.no_track,
+        enabled=not args.no_track and (configured or getattr(args, "track_local_store", True)),
         tags={"sparsepipe.step": step, "sparsepipe.version": __version__},
     )
 
@@ -270,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default="synthetic", help=DATA_HELP)
     _flags(p, DataConfig, flags={"sha256": Flag(name="--data-sha256")})
     _out_arg(p, "runs/data")
-    _tracking_args(p)
+    _tracking_args(p, local_store=False)
 
     p = _add(sub, "train", cmd_train, "train a baseline model", "Train an ultralytics model from a config or checkpoint, offline.")
     p.add_argument("--model", default="yolov8n.yaml", help="model config (yolov8n.yaml, yolo11n.yaml, yolov8n-seg.yaml...) or checkpoint")
