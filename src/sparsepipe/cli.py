@@ -236,13 +236,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_extra(items: list[str] | None) -> dict[str, Any]:
-    """``--ultralytics-arg`` values -> a dict (kept for callers of the old name)."""
-    from sparsepipe.config_flags import parse_key_values
-
-    return parse_key_values(items, "--ultralytics-arg")
-
-
 RECIPE_HELP = ("recipe: a file (.yaml/.yml/.md recipe card), a shipped recipe's name (yolov8n-pruned50, see "
                "recipes/) or an s3://bucket/key.yaml URI")
 
