@@ -69,7 +69,7 @@ benchmark: $(STAMP) ## onnxruntime CPU latency of runs/export into runs/benchmar
 report: $(STAMP) ## comparison table + plot of the steps above into runs/report
 	$(BIN)/sparsepipe report --results $(RUNS)/baseline $(RUNS)/export $(RUNS)/evaluate $(RUNS)/benchmark --out $(RUNS)/report
 
-bench-sparsify: $(STAMP) ## converged baseline (60 epochs, synthetic:preset=bench, 320 px) + plain/pruned50/pruned75 (30 each) with CIs and curves; resumable, content-keyed (~3.5 h on 2 cores)
+bench-sparsify: $(STAMP) ## plateaued baseline (60 epochs + 15 low-LR, synthetic:preset=bench, 320 px) + plain/pruned50/pruned75 (30 each) with CIs and curves; resumable, content-keyed (~3.5 h on 2 cores)
 	$(BIN)/python benchmarks/sparsify_bench.py --out $(RUNS)/bench-sparsify --epochs 60 --prune-epochs 30
 
 bench-quantize: $(STAMP) ## INT8/sparsity on every CPU engine vs ultralytics' own INT8 exports, one interleaved run (after bench-sparsify)

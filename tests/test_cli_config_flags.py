@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import typing
 
 import pytest
 
@@ -101,7 +102,7 @@ def verbs() -> dict[str, argparse.ArgumentParser]:
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for verb in sub.choices.values():
-        getattr(verb, "build", lambda: None)()  # deferred flags (quantize's QAT ones)
+        getattr(verb, "build", lambda: None)()  # deferred flags (data, benchmark, serve, quantize's QAT ones)
     return dict(sub.choices)
 
 
@@ -112,18 +113,92 @@ def _parse(verbs, verb: str, *argv: str) -> argparse.Namespace:
     return verbs[verb].parse_args([*required, *argv])
 
 
+def _leaf_fields(cls: type, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every init field of ``cls`` as a path, nested configs (QATConfig.train) opened up."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for field in dataclasses.fields(cls):
+        kind = hints[field.name]
+        if not field.init:
+            continue
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+            out += _leaf_fields(kind, (*path, field.name))
+        else:
+            out.append((*path, field.name))
+    return out
+
+
 @pytest.mark.parametrize("verb", list(VERB_CONFIGS))
 def test_every_config_field_has_a_flag_or_a_reason(verbs, verb):
     registry = flag_registry(verbs[verb])
     for cls in VERB_CONFIGS[verb]:
-        for field in dataclasses.fields(cls):
-            reason = EXCLUDED.get(cls.__name__, {}).get(field.name, "")
-            if reason:
+        outer = {path[0] for path in _leaf_fields(cls) if len(path) == 1}
+        for path in _leaf_fields(cls):
+            name = path[-1]
+            if EXCLUDED.get(cls.__name__, {}).get(name, ""):
                 continue
-            entry = registry.get(field.name)
+            if len(path) > 1 and name in outer:
+                continue  # QATConfig.train.variant: QATConfig.variant's flag sets it (config_flags docstring)
+            entry = registry.get(name)
             assert entry is not None and cls.__name__ in entry["configs"], (
-                f"{cls.__name__}.{field.name} has no flag on `sparsepipe {verb}`: derive it (config_flags) or add "
-                f"it to EXCLUDED_FIELDS with the reason")
+                f"{cls.__name__}.{'.'.join(path)} has no flag on `sparsepipe {verb}`: derive it (config_flags) or "
+                f"add it to EXCLUDED_FIELDS with the reason")
+
+
+def test_qat_flags_reach_the_training_run_it_holds(verbs):
+    """QATConfig holds a SparsifyConfig (train): its fields are QAT flags, the v0.1.0 ones with their defaults."""
+    names = {info.qualname for info in config_fields(QATConfig)}
+    assert {"train.lr0", "train.optimizer", "train.plots", "train.extra", "train.imgsz", "variant", "opset",
+            "export_layout"} <= names
+    assert "train.variant" not in names  # QATConfig.variant names the training run too
+    qat = config_from_args(QATConfig, _parse(verbs, "quantize", "--method", "qat", "--lr0", "0.004",
+                                             "--batch", "8", "--variant", "q8"))
+    assert (qat.train.lr0, qat.train.batch, qat.variant, qat.train.variant) == (0.004, 8, "q8", "q8")
+    assert qat == QATConfig(lr0=0.004, batch=8, variant="q8")
+    assert config_from_args(QATConfig, _parse(verbs, "quantize", "--method", "qat", "--imgsz", "160")) == QATConfig(
+        imgsz=160)  # the training run keeps the variant QATConfig gives it
+    assert config_from_args(QATConfig, _parse(verbs, "quantize", "--method", "qat")).imgsz == 320  # v0.1.0 default
+
+
+@dataclasses.dataclass
+class _Inner:
+    size: int = 1  # inner size
+    name: str = "inner"  # shadowed by the outer name
+
+
+@dataclasses.dataclass
+class _Middle:
+    inner: _Inner = dataclasses.field(default_factory=_Inner)  # the inner settings
+    depth: int = 2  # middle depth
+
+
+@dataclasses.dataclass
+class _Outer:
+    middle: _Middle = dataclasses.field(default_factory=_Middle)  # the middle settings
+    name: str = "outer"  # outer name
+
+    def __post_init__(self) -> None:
+        self.middle.inner.name = self.name  # the outer config derives the shadowed field
+
+
+@dataclasses.dataclass
+class _Clash:
+    a: _Inner = dataclasses.field(default_factory=_Inner)  # one
+    b: _Inner = dataclasses.field(default_factory=_Inner)  # two
+
+
+def test_nested_configs_at_any_depth():
+    from sparsepipe.config_flags import add_config_flags
+
+    assert [(i.qualname, i.help) for i in config_fields(_Outer)] == [
+        ("middle.inner.size", "inner size"), ("middle.depth", "middle depth"), ("name", "outer name")]
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, _Outer)
+    assert config_from_args(_Outer, parser.parse_args([])) == _Outer()
+    built = config_from_args(_Outer, parser.parse_args(["--size", "5", "--name", "x"]))
+    assert (built.middle.inner.size, built.middle.depth, built.name, built.middle.inner.name) == (5, 2, "x", "x")
+    with pytest.raises(TypeError, match="a.size and b.size would share the flag --size"):
+        config_fields(_Clash)
 
 
 def test_every_field_documents_itself():

@@ -34,7 +34,7 @@ def test_recipe_lookup_by_name_path_and_text(tmp_path, monkeypatch):
     assert resolve_recipe("yolov8n-pruned50.yaml") == shipped == resolve_recipe("yolov8n-pruned50")
     text = "version: 1.1.0\nmodifiers: []\n"
     assert resolve_recipe(text) == text  # YAML text goes to load_recipe unchanged
-    with pytest.raises(ConfigError, match="not found.*yolov8n-pruned50"):  # the error lists shipped names
+    with pytest.raises(ConfigError, match="not found.*Did you mean yolov8n-pruned50"):  # the closest shipped names
         resolve_recipe("yolov8n-prunde50")
 
 

@@ -78,6 +78,8 @@ def verbs():
 
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for verb in sub.choices.values():
+        getattr(verb, "build", lambda: None)()  # deferred flags (data, benchmark, serve, quantize's QAT ones)
     return dict(sub.choices)
 
 

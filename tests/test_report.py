@@ -108,9 +108,12 @@ def test_separate_runs_at_different_loads_keep_their_own_ratios(trained, tmp_pat
     assert plotted == {"baseline": 1.0, "quiet": quiet.metrics["speedup_vs_baseline"],
                        "busy": busy.metrics["speedup_vs_baseline"]}
     # The two runs' baselines were timed apart (at other loads), so a cross-run ratio would differ
-    # from the in-run one; the file against itself in one run stays near 1 (as in test_benchmark).
+    # from the in-run one; each run's ratio is its own baseline p50 over its own model p50 (no bound
+    # on the timings themselves: tests never assert how fast a machine is).
     assert busy.extra["baseline"]["latency_ms_p50"] != quiet.extra["baseline"]["latency_ms_p50"]
-    assert 0.5 < busy.metrics["speedup_vs_baseline"] < 2.0
+    for timed in (quiet, busy):
+        assert timed.metrics["speedup_vs_baseline"] == round(
+            timed.extra["baseline"]["latency_ms_p50"] / timed.metrics["latency_ms_p50"], 4)
 
 
 def _spin(until: float) -> None:

@@ -38,7 +38,9 @@ and reports ``floor_ms`` = the model's FLOPs / peak and ``latency_vs_floor`` = p
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -46,17 +48,21 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import openvino as ov
 
+from sparsepipe.deepsparse_engine import DeepSparseRunner, deepsparse_available, require_deepsparse_python
 from sparsepipe.errors import ConfigError, ModelError
+from sparsepipe.hardware import cpu_info, engine_versions, measure_peak
 from sparsepipe.limits import check_input_size, check_threads
-from sparsepipe.results import StepResult, check_out, claim_out
+from sparsepipe.models import resolve_model_path
+from sparsepipe.results import StepResult, check_out, claim_out, inherited_variant, produced_file
+from sparsepipe.sizes import file_sizes
+from sparsepipe.tracking import Tracker
 
 def _available_engines() -> tuple[str, ...]:
-    from sparsepipe.deepsparse_engine import deepsparse_available
-
     engines = ["onnxruntime"]
     try:
-        import openvino  # noqa: F401
+        import openvino  # noqa: F401  # optional: openvino
     except ImportError:
         pass
     else:
@@ -97,8 +103,6 @@ class BenchmarkConfig:
         for name in names:
             if name not in available:
                 if name == "deepsparse":
-                    from sparsepipe.deepsparse_engine import require_deepsparse_python
-
                     require_deepsparse_python()  # raises with the `make deepsparse-env` hint
                 hint = " (install the openvino package for --engine openvino)" if name == "openvino" else ""
                 raise ConfigError(f"engine={name!r} is not available; choose one of {', '.join(available)}{hint}.")
@@ -178,7 +182,7 @@ class OrtRunner:
     """An onnxruntime CPU session fed with a fixed random input."""
 
     def __init__(self, path: Path, config: BenchmarkConfig) -> None:
-        import onnxruntime as ort
+        import onnxruntime as ort  # heavy: onnxruntime
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = _ort_intra_threads(config)
@@ -226,8 +230,6 @@ class OpenVinoRunner:
     """An OpenVINO CPU compiled model of the same ONNX file, fed with a fixed random input."""
 
     def __init__(self, path: Path, config: BenchmarkConfig) -> None:
-        import openvino as ov
-
         core = ov.Core()
         try:
             model = core.read_model(str(path))
@@ -266,8 +268,6 @@ class OpenVinoRunner:
 
 
 def _deepsparse_runner(path: Path, config: BenchmarkConfig) -> Any:
-    from sparsepipe.deepsparse_engine import DeepSparseRunner
-
     return DeepSparseRunner(path, config)
 
 
@@ -306,7 +306,7 @@ RUNNERS = {"onnxruntime": OrtRunner, "openvino": OpenVinoRunner, "deepsparse": _
 
 def _measure(runners: list[Any], config: BenchmarkConfig) -> list[list[float]]:
     """Warm up every runner, then time them round-robin in ``rounds`` chunks."""
-    from tqdm import tqdm
+    from tqdm import tqdm  # heavy: tqdm
 
     for runner in runners:
         if hasattr(runner, "run_many"):
@@ -362,9 +362,6 @@ def time_interleaved(candidates: list[tuple[Any, str, Path]], config: BenchmarkC
 
 
 def _onnx_path(model: str) -> tuple[Path, str]:
-    from sparsepipe.models import resolve_model_path
-    from sparsepipe.results import inherited_variant, produced_file
-
     variant = inherited_variant(model)
     # A quantize step's folder also holds weights / an FP32 file: time the INT8 one.
     path = produced_file(model, ("int8_onnx", "onnx")) or Path(resolve_model_path(model))
@@ -384,10 +381,6 @@ def benchmark(
     tracker: Any = None,
 ) -> StepResult:
     """Time ``model`` (and ``baseline`` interleaved, if given) and write ``<out>/result.json``."""
-    from sparsepipe.hardware import cpu_info, engine_versions
-    from sparsepipe.sizes import file_sizes
-    from sparsepipe.tracking import Tracker
-
     config = config or BenchmarkConfig()
     tracker = tracker or Tracker()
     out = check_out(out)  # a run refused for its model leaves a good --out as it was (claim_out below)
@@ -433,8 +426,6 @@ def benchmark(
             extra["sweep"].append({"batch": entry["batch"], **stats})
             metrics[f"throughput_ips_b{entry['batch']}"] = stats["throughput_ips"]
     if config.floor:
-        from sparsepipe.hardware import measure_peak
-
         macs = onnx_macs(path)
         peak = measure_peak(config.threads)
         floor_ms = 2.0 * macs * first["batch"] / peak["int8_ops_s"] * 1000.0
@@ -509,8 +500,8 @@ def onnx_macs(path: str | Path) -> int:
     """Multiply-accumulates of one inference of an ONNX model: Conv, ConvTranspose, MatMul and
     Gemm nodes, from shapes inferred on the graph (QDQ weights are followed through their
     DequantizeLinear). Dynamic dims count as 1."""
-    import onnx
-    from onnx import numpy_helper, shape_inference
+    import onnx  # heavy: onnx
+    from onnx import numpy_helper, shape_inference  # heavy: onnx
 
     model = shape_inference.infer_shapes(onnx.load(str(path)))
     graph = model.graph
@@ -563,13 +554,10 @@ def profile_ops(path: str | Path, engine: str = "onnxruntime", threads: int = 1,
                 top: int = 8) -> list[dict[str, Any]]:
     """Which operators take the time: per op type, the share of summed kernel time over
     ``iterations`` runs (onnxruntime's profiler, or OpenVINO's PERF_COUNT), largest first."""
-    import json
-    import tempfile
-
     config = BenchmarkConfig(engine=engine, threads=threads)
     totals: dict[str, float] = {}
     if engine == "onnxruntime":
-        import onnxruntime as ort
+        import onnxruntime as ort  # heavy: onnxruntime
 
         with tempfile.TemporaryDirectory(prefix="sparsepipe-prof-") as tmp:
             options = ort.SessionOptions()
@@ -589,8 +577,6 @@ def profile_ops(path: str | Path, engine: str = "onnxruntime", threads: int = 1,
                 op = event.get("args", {}).get("op_name", "?")
                 totals[op] = totals.get(op, 0.0) + float(event.get("dur", 0)) / 1000.0
     elif engine == "openvino":
-        import openvino as ov
-
         core = ov.Core()
         model = core.read_model(str(path))
         port = model.inputs[0]

@@ -24,12 +24,14 @@ each image (the number of times it was drawn), so every AP is a weighted cumulat
 from __future__ import annotations
 
 import dataclasses
+import io
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
 from sparsepipe.errors import SparsepipeError
+from sparsepipe.results import atomic_write_bytes
 
 #: IoU thresholds of mAP50-95.
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -62,9 +64,6 @@ class DetectionRecords:
 
     def save(self, path: str | Path) -> Path:
         """Write the records as a compressed ``.npz`` (atomically)."""
-        from sparsepipe.results import atomic_write_bytes
-        import io
-
         buffer = io.BytesIO()
         np.savez_compressed(buffer, names=np.asarray(self.names), tp=self.tp, conf=self.conf,
                             cls=self.cls, image=self.image, gt_counts=self.gt_counts)  # fmt: skip

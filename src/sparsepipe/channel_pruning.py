@@ -21,6 +21,7 @@ achieved ratio is known after reloads.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import math
 from typing import Any, Callable
@@ -29,8 +30,12 @@ import torch
 from torch import nn
 
 from sparsepipe.errors import SparsepipeError
-from sparsepipe.modifiers.channel_pruning import ChannelPruningModifier, selector_matches
-from sparsepipe.splitfree import SplitFreeC2f, to_splitfree
+from sparsepipe.masks import MaskManager
+from sparsepipe.models import load_yolo
+from sparsepipe.modifiers.channel_pruning import ChannelPruningModifier
+from sparsepipe.recipe.rules import channel_modifier, channel_selector_matches, unmatched_selectors  # noqa: F401 - re-exported
+from sparsepipe.splitfree import is_splitfree, to_splitfree  # noqa: F401 - is_splitfree re-exported
+from sparsepipe.torch_utils import unwrap
 
 ORIGINAL_ATTR = "sparsepipe_channels"  # {conv name: original out_channels}, pickled with the model
 STATE_KEY = "channel_pruning"
@@ -38,20 +43,6 @@ TRACE_IMGSZ = 64  # input size for dependency tracing (any multiple of 32 >= 64 
 
 
 # ------------------------------------------------------------------------------ model helpers
-def is_splitfree(model: Any) -> bool:
-    """True when ``model`` holds split-free blocks (its architecture is not the YAML's)."""
-    return isinstance(model, nn.Module) and any(isinstance(m, SplitFreeC2f) for m in model.modules())
-
-
-def _alias(name: str) -> str:
-    """Module name as the unconverted model spells it (``cv1a``/``cv1b`` -> ``cv1``)."""
-    return name.replace(".cv1a", ".cv1").replace(".cv1b", ".cv1")
-
-
-def _matches(sel: str, name: str) -> bool:
-    return selector_matches(sel, name) or selector_matches(sel, _alias(name))
-
-
 ATTENTION_BLOCKS = ("C2PSA", "C2fPSA", "PSABlock", "Attention", "A2C2f", "AAttn")  # reshape heads: kept whole
 
 
@@ -107,9 +98,9 @@ def channel_ratio(model: nn.Module) -> float:
 
 def macs_and_params(model: nn.Module, imgsz: int = 640) -> tuple[float, int]:
     """(MACs, parameters) of one ``imgsz`` x ``imgsz`` image (torch-pruning's counter, on a copy)."""
-    import torch_pruning as tp
+    import torch_pruning as tp  # heavy: torch_pruning
 
-    from sparsepipe.qat import is_prepared, set_qat_state
+    from sparsepipe.qat_modules import is_prepared, set_qat_state  # heavy: ultralytics (via sparsepipe.qat_modules)
 
     probe = copy.deepcopy(model).float().cpu().eval()
     if is_prepared(probe):  # QAT convs call F.conv2d while active; plain conv modules are counted
@@ -120,7 +111,7 @@ def macs_and_params(model: nn.Module, imgsz: int = 640) -> tuple[float, int]:
 
 
 def _importance(name: str) -> Any:
-    import torch_pruning as tp
+    import torch_pruning as tp  # heavy: torch_pruning
 
     if name == "l1":
         return tp.importance.GroupMagnitudeImportance(p=1)
@@ -138,20 +129,14 @@ def target_ratios(model: nn.Module, modifier: ChannelPruningModifier) -> dict[st
     skip = {n for n, _ in always_ignored(model)}
     out = {}
     for name in conv_layers(model):
-        if name in skip or any(_matches(sel, name) for sel in modifier.ignore):
+        if name in skip or any(channel_selector_matches(sel, name) for sel in modifier.ignore):
             continue
         ratio = modifier.target_ratio
         for sel, value in modifier.ratios.items():
-            if _matches(sel, name):
+            if channel_selector_matches(sel, name):
                 ratio = value
         out[name] = ratio
     return out
-
-
-def unmatched_selectors(names: list[str], modifier: ChannelPruningModifier) -> list[str]:
-    """Selectors of ``ignore``/``ratios`` matching none of the module ``names`` (``cv1a`` also answers to ``cv1``)."""
-    return [f"{field} '{sel}'" for field, sels in (("ignore", modifier.ignore), ("ratios", modifier.ratios))
-            for sel in sels if not any(_matches(sel, n) for n in names)]
 
 
 def prune_to(model: nn.Module, modifier: ChannelPruningModifier, fraction: float) -> dict[str, int]:
@@ -161,7 +146,7 @@ def prune_to(model: nn.Module, modifier: ChannelPruningModifier, fraction: float
     ends with about ``original * (1 - r * fraction)`` channels (``round_to`` rounds).
     Returns ``{conv: channels}`` after pruning.
     """
-    import torch_pruning as tp
+    import torch_pruning as tp  # heavy: torch_pruning
 
     original = record_original(model)
     convs = conv_layers(model)
@@ -179,7 +164,7 @@ def prune_to(model: nn.Module, modifier: ChannelPruningModifier, fraction: float
         ratios[convs[name]] = min(max((current - keep - 0.5) / current, 0.0), 0.95) if current else 0.0
     ignored = [m for _, m in always_ignored(model)]
     ignored += [m for n, m in model.named_modules()
-                if n and any(_matches(sel, n) for sel in modifier.ignore) and isinstance(m, nn.Conv2d)]
+                if n and any(channel_selector_matches(sel, n) for sel in modifier.ignore) and isinstance(m, nn.Conv2d)]
     was_training = model.training
     device = next(model.parameters()).device
     flags = {p: p.requires_grad for p in model.parameters()}
@@ -201,36 +186,6 @@ def prune_to(model: nn.Module, modifier: ChannelPruningModifier, fraction: float
 
 
 # ------------------------------------------------------------------------------ recipe checks
-def channel_modifier(recipe: Any) -> ChannelPruningModifier | None:
-    """The recipe's one ChannelPruningModifier, or None; also checks how it combines with others."""
-    from sparsepipe.modifiers.pruning import ConstantPruningModifier, GMPruningModifier
-    from sparsepipe.modifiers.quantization import QUANTIZATION_MODIFIERS
-
-    mods = recipe.modifiers_of(ChannelPruningModifier)
-    if not mods:
-        return None
-    if len(mods) > 1:
-        raise SparsepipeError(f"{recipe.source}: the recipe has {len(mods)} ChannelPruningModifiers; "
-                              f"use one (per-layer ratios go in its 'ratios' field).")
-    mod = mods[0]
-    from sparsepipe.modifiers.distillation import PerLayerDistillationModifier
-
-    if recipe.modifiers_of(PerLayerDistillationModifier):
-        raise SparsepipeError(
-            f"{recipe.source}: !PerLayerDistillationModifier cannot be combined with "
-            f"!ChannelPruningModifier (its learned projections are sized for the unpruned layers). "
-            f"Distill before or after channel pruning in a separate sparsify run, or use the "
-            f"output-level !DistillationModifier.")
-    for other in recipe.modifiers_of(GMPruningModifier, ConstantPruningModifier, *QUANTIZATION_MODIFIERS):
-        if other.start < mod.end_epoch:
-            raise SparsepipeError(
-                f"{recipe.source}: !{other.tag} starts at epoch {other.start:g}, before "
-                f"!ChannelPruningModifier ends (end_epoch {mod.end_epoch:g}). Channel pruning changes "
-                f"tensor shapes, so unstructured pruning and QAT must start at or after its end_epoch; "
-                f"move their start_epoch to {mod.end_epoch:g} or later.")
-    return mod
-
-
 # ------------------------------------------------------------------------------ training integration
 def keep_architecture_trainer(base: type, convert: bool = False) -> type:
     """Subclass of trainer ``base`` whose ``get_model`` keeps a split-free (pruned) checkpoint's module.
@@ -262,9 +217,7 @@ def keep_architecture_trainer(base: type, convert: bool = False) -> type:
 
 def rebuild_training_state(trainer: Any) -> None:
     """New optimizer, LR scheduler and EMA for ``trainer.model`` after its parameters changed."""
-    from ultralytics.utils.torch_utils import ModelEMA
-
-    from sparsepipe.masks import unwrap
+    from ultralytics.utils.torch_utils import ModelEMA  # heavy: ultralytics
 
     model = unwrap(trainer.model)
     old = trainer.optimizer
@@ -314,8 +267,6 @@ class ChannelPruningController:
         self.maybe_prune(trainer)
 
     def maybe_prune(self, trainer: Any) -> None:
-        from sparsepipe.masks import MaskManager, unwrap
-
         mod = self.modifier
         due = mod.steps_due(self.session.epoch)
         if due <= self.steps_done:
@@ -346,8 +297,6 @@ class ChannelPruningController:
 # ------------------------------------------------------------------------------ preview
 def preview(model_path: str, ratios: list[float], sizes: list[int], round_to: int | None = 8) -> list[dict[str, Any]]:
     """GMACs / parameters of ``model_path`` after one-shot pruning at each ratio (no training)."""
-    from sparsepipe.models import load_yolo
-
     rows = []
     for ratio in [0.0, *ratios]:
         model = copy.deepcopy(load_yolo(model_path).model).float()
@@ -366,8 +315,6 @@ def preview(model_path: str, ratios: list[float], sizes: list[int], round_to: in
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m sparsepipe.channel_pruning MODEL --ratios 0.3 0.5 --imgsz 320 640``: a GMACs/params table."""
-    import argparse
-
     parser = argparse.ArgumentParser(prog="python -m sparsepipe.channel_pruning",
                                      description="GMACs and parameters after one-shot channel pruning (a preview).")
     parser.add_argument("model", help="checkpoint, step folder or model config (e.g. yolov8n.yaml)")

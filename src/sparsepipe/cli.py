@@ -17,7 +17,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sparsepipe import __version__
-from sparsepipe.errors import SparsepipeError, describe_os_error
+from sparsepipe.champion import register_report_champion
+from sparsepipe.config_flags import DeferredParser, Flag, add_config_flags, config_from_args
+from sparsepipe.demo import DemoConfig, run_demo
+from sparsepipe.errors import ConfigError, SparsepipeError, describe_os_error
+from sparsepipe.evaluate import EvaluateConfig, evaluate
+from sparsepipe.export import ExportConfig, export_onnx
+from sparsepipe.quantize import ACTIVATION_TYPES, CALIBRATION_METHODS, METHODS, WEIGHT_TYPES, QuantizeConfig, quantize
+from sparsepipe.recipe_cli import add_recipe_commands
+from sparsepipe.registry import ChampionPolicy
+from sparsepipe.report import ReportConfig, report
+from sparsepipe.serving_cli import add_serving_commands
+from sparsepipe.sparsify import SparsifyConfig, sparsify
+from sparsepipe.tracking import resolve_tracker
+from sparsepipe.training import TrainConfig, train
+from sparsepipe.trust import checkpoint_trust
 
 DATA_HELP = (
     "dataset SOURCE: 'synthetic[:train=N,val=N,seed=S,size=PX,classes=K,task=detect|segment]', "
@@ -60,8 +74,6 @@ def _add(sub: Any, name: str, func: Callable[[argparse.Namespace], int], help_te
 
 
 def _tracker(args: argparse.Namespace, step: str):
-    from sparsepipe.tracking import resolve_tracker
-
     configured = any(os.environ.get(name, "").strip() for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"))
     return resolve_tracker(
         args.experiment,
@@ -80,22 +92,16 @@ def _finish(result) -> int:
 
 def _flags(parser: argparse.ArgumentParser, cls: type, **kwargs: Any) -> list[str]:
     """The flags of a step config (sparsepipe.config_flags): every field, named after it, its comment as help."""
-    from sparsepipe.config_flags import add_config_flags
-
     return add_config_flags(parser, cls, **kwargs)
 
 
 def _config(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
-    from sparsepipe.config_flags import config_from_args
-
     return config_from_args(cls, args, **fixed)
 
 
 #: Flags common to several steps: ``--variant ""`` means the step's default variant, ``extra`` is
 #: ``--ultralytics-arg KEY=VALUE`` (repeatable, values read as YAML).
 def _common_flags() -> dict[str, Any]:
-    from sparsepipe.config_flags import Flag
-
     return {"variant": Flag(empty_is_default=True),
             "extra": Flag(name="--ultralytics-arg", metavar="KEY=VALUE",
                           help="any other ultralytics train argument, e.g. --ultralytics-arg mosaic=0.5")}
@@ -111,7 +117,7 @@ EXCLUDED_FIELDS: dict[str, dict[str, str]] = {
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from sparsepipe.data import DataConfig, prepare_data
+    from sparsepipe.data import DataConfig, prepare_data  # heavy: cv2 (via sparsepipe.data)
 
     config = _config(DataConfig, args)
     with _tracker(args, "data") as tracker:
@@ -119,16 +125,12 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from sparsepipe.training import TrainConfig, train
-
     config = _config(TrainConfig, args)
     with _tracker(args, "train") as tracker:
         return _finish(train(args.model, args.data, args.out, config, tracker))
 
 
 def cmd_sparsify(args: argparse.Namespace) -> int:
-    from sparsepipe.sparsify import SparsifyConfig, sparsify
-
     config = _config(SparsifyConfig, args)
     with _tracker(args, "sparsify") as tracker:
         result = sparsify(args.model, args.data, args.recipe, args.out, config, recipe_args=args.recipe_args,
@@ -137,19 +139,15 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from sparsepipe.export import ExportConfig, export_onnx
-
     config = _config(ExportConfig, args)
     with _tracker(args, "export") as tracker:
         return _finish(export_onnx(args.model, args.out, config, tracker))
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from sparsepipe.quantize import QuantizeConfig, quantize
-
     method = getattr(args, "method", "ptq")
     if method == "qat":
-        from sparsepipe.qat import QATConfig, qat
+        from sparsepipe.qat import QATConfig, qat  # heavy: onnx, pydantic, torch (via sparsepipe.qat)
 
         config = _config(QATConfig, args)
         with _tracker(args, "quantize") as tracker:
@@ -166,8 +164,6 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from sparsepipe.evaluate import EvaluateConfig, evaluate
-
     config = _config(EvaluateConfig, args)
     with _tracker(args, "evaluate") as tracker:
         result = evaluate(args.model, args.data, args.out, config, tracker, baseline=args.baseline)
@@ -176,8 +172,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _int_list(text: str, flag: str) -> list[int]:
     """``"1,4,8"`` -> ``[1, 4, 8]``; anything else is a ConfigError naming the flag."""
-    from sparsepipe.errors import ConfigError
-
     try:
         values = [int(part) for part in str(text).split(",") if part.strip()]
     except ValueError:
@@ -188,7 +182,7 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from sparsepipe.benchmark import BenchmarkConfig, benchmark
+    from sparsepipe.benchmark import BenchmarkConfig, benchmark  # heavy: openvino (via sparsepipe.benchmark)
 
     batches = _int_list(args.batch, "--batch")
     config = _config(BenchmarkConfig, args, batch=batches[0], batches=tuple(batches) if len(batches) > 1 else ())
@@ -197,12 +191,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from sparsepipe.report import ReportConfig, report
-
     register = None
     if args.register_model:
-        from sparsepipe.registry import ChampionPolicy
-
         if args.no_track:
             raise SparsepipeError(
                 f"--register-model {args.register_model} registers the champion in MLflow, which --no-track turns "
@@ -213,8 +203,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     with _tracker(args, "report") as tracker:
         result = report(args.results, args.out, config, tracker)
         if register is not None:
-            from sparsepipe.registry import register_report_champion
-
             registered = register_report_champion(result, args.register_model, alias=args.alias, policy=register,
                                                    tracker=tracker)
     print(result.extra["table"])
@@ -226,8 +214,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from sparsepipe.demo import DemoConfig, run_demo
-
     result = run_demo(args.out, _config(DemoConfig, args), experiment=args.experiment, track=not args.no_track)
     print(result.extra["table"])
     for row in result.extra.get("predict_sample", []):
@@ -241,18 +227,6 @@ RECIPE_HELP = ("recipe: a file (.yaml/.yml/.md recipe card), a shipped recipe's 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sparsepipe.benchmark import BenchmarkConfig
-    from sparsepipe.config_flags import DeferredParser, Flag
-    from sparsepipe.data import DataConfig
-    from sparsepipe.demo import DemoConfig
-    from sparsepipe.evaluate import EvaluateConfig
-    from sparsepipe.export import ExportConfig
-    from sparsepipe.quantize import ACTIVATION_TYPES, CALIBRATION_METHODS, METHODS, WEIGHT_TYPES, QuantizeConfig
-    from sparsepipe.registry import ChampionPolicy
-    from sparsepipe.report import ReportConfig
-    from sparsepipe.sparsify import SparsifyConfig
-    from sparsepipe.training import TrainConfig
-
     common = _common_flags()
     parser = argparse.ArgumentParser(
         prog="sparsepipe",
@@ -260,15 +234,22 @@ def build_parser() -> argparse.ArgumentParser:
         "data -> train -> export -> evaluate -> benchmark -> report.",
     )
     parser.add_argument("--version", action="version", version=f"sparsepipe {__version__}")
-    # DeferredParser: a verb may add flags when it is used (quantize's QAT flags need torch)
+    # DeferredParser: a verb whose config module is heavy to import (data: cv2, benchmark: openvino, quantize's
+    # QAT flags: torch) adds those flags when it is used, so `sparsepipe --help` imports none of them
     sub = parser.add_subparsers(dest="command", metavar="<step>", parser_class=DeferredParser)
     sub.required = True
 
     p = _add(sub, "data", cmd_data, "make/validate an ultralytics dataset", "Produce a validated, relocatable ultralytics dataset in --out.")
     p.add_argument("--source", default="synthetic", help=DATA_HELP)
-    _flags(p, DataConfig, flags={"sha256": Flag(name="--data-sha256")})
-    _out_arg(p, "runs/data")
-    _tracking_args(p, local_store=False)
+
+    def data_flags(parser: argparse.ArgumentParser) -> None:
+        from sparsepipe.data import DataConfig  # heavy: cv2 (via sparsepipe.data)
+
+        _flags(parser, DataConfig, flags={"sha256": Flag(name="--data-sha256")})
+        _out_arg(parser, "runs/data")
+        _tracking_args(parser, local_store=False)
+
+    p.defer(data_flags)
 
     p = _add(sub, "train", cmd_train, "train a baseline model", "Train an ultralytics model from a config or checkpoint, offline.")
     p.add_argument("--model", default="yolov8n.yaml", help="model config (yolov8n.yaml, yolo11n.yaml, yolov8n-seg.yaml...) or checkpoint")
@@ -328,8 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     })
     qat_group = p.add_argument_group("QAT (--method qat) options")
 
-    def qat_flags(parser: argparse.ArgumentParser) -> None:  # sparsepipe.qat imports torch: only for this verb
-        from sparsepipe.qat import EXPORT_LAYOUTS, QATConfig
+    def qat_flags(parser: argparse.ArgumentParser) -> None:
+        from sparsepipe.qat import EXPORT_LAYOUTS, QATConfig  # heavy: onnx, pydantic, torch (via sparsepipe.qat)
 
         _flags(parser, QATConfig, group=qat_group, help_prefix="QAT: ",
                flags={**common, "export_layout": Flag(choices=EXPORT_LAYOUTS)})
@@ -354,11 +335,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help=".onnx or the --out folder of export/quantize")
     p.add_argument("--baseline", default=None, help="another .onnx timed in the same run for speedup_vs_baseline")
     p.add_argument("--batch", default="1", help="batch size, or a comma list to sweep (1,4,8: dynamic-batch ONNX), one row per batch")
-    _flags(p, BenchmarkConfig, exclude=EXCLUDED_FIELDS["BenchmarkConfig"], flags={
-        **common, "scenario": Flag(choices=("sync", "async")), "duration_s": Flag(name="--duration", metavar="SECONDS"),
-    })
-    _out_arg(p, "runs/benchmark")
-    _tracking_args(p)
+
+    def benchmark_flags(parser: argparse.ArgumentParser) -> None:
+        from sparsepipe.benchmark import BenchmarkConfig  # heavy: openvino (via sparsepipe.benchmark)
+
+        _flags(parser, BenchmarkConfig, exclude=EXCLUDED_FIELDS["BenchmarkConfig"], flags={
+            **common, "scenario": Flag(choices=("sync", "async")),
+            "duration_s": Flag(name="--duration", metavar="SECONDS"),
+        })
+        _out_arg(parser, "runs/benchmark")
+        _tracking_args(parser)
+
+    p.defer(benchmark_flags)
 
     p = _add(sub, "report", cmd_report, "compare variants", "Merge step results by variant into Markdown/HTML tables and a plot.")
     p.add_argument("--results", nargs="+", required=True, help="out folders (or result.json files) of earlier steps")
@@ -378,23 +366,15 @@ def build_parser() -> argparse.ArgumentParser:
     _out_arg(p, "runs/demo")
     _tracking_args(p)
 
-    from sparsepipe.serving_cli import add_serving_commands
-
     add_serving_commands(sub, _add)  # predict, serve, deploy (issue 9)
 
-    try:
-        from sparsepipe.recipe.cli import add_recipe_commands
-    except ImportError:  # pragma: no cover - the recipe engine ships with the package
-        add_recipe_commands = None
-    if add_recipe_commands is not None:
-        add_recipe_commands(sub)
+    add_recipe_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from sparsepipe.trust import checkpoint_trust
 
     try:
         with checkpoint_trust(getattr(args, "trust_checkpoint", False)):

@@ -10,6 +10,15 @@ the field's default. Booleans become switches: a field that defaults to True get
 ``--no-<name>``, one that defaults to False gets ``--<name>``. ``tuple[str, ...]`` fields take a
 comma list, ``dict`` fields a repeatable ``KEY=VALUE`` flag (values read as YAML).
 
+A field whose type is itself a config dataclass (``QATConfig.train``: a ``SparsifyConfig``) has
+no flag of its own: its fields get flags, named after them as if they were the outer config's
+(``--lr0``, ``--optimizer``, ``--ultralytics-arg``), and :func:`config_from_args` builds the nested
+config from them. Where an outer field and a nested one share a name (``QATConfig.variant`` and
+``SparsifyConfig.variant``), the outer field's flag is the one; the nested value is what the outer
+config derives from it (a nested config starts as the outer config builds it from the given
+values, then takes the given nested values). Two nested configs with a field of the same name
+are an error: one flag cannot feed two places.
+
 A flag not given on the command line leaves its field out of the config, so the config's own
 default applies (``argparse.SUPPRESS``): one parser can carry the flags of two configs (the
 quantize verb: PTQ and QAT) and each gets its own defaults. :class:`Flag` adjusts one field's
@@ -21,13 +30,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import inspect
 import io
+import linecache
 import re
 import tokenize
 import types
 import typing
 from typing import Any, Mapping
+
+import yaml
 
 from sparsepipe.errors import ConfigError, SparsepipeError
 
@@ -57,6 +70,12 @@ class FieldInfo:
     default: Any
     help: str
     optional: bool  # None is a valid value (and then usually the default)
+    path: tuple[str, ...] = ()  # the nested config fields it sits in: ("train",) for QATConfig's lr0
+
+    @property
+    def qualname(self) -> str:
+        """``train.lr0``: where the value goes in the outer config."""
+        return ".".join((*self.path, self.name))
 
 
 def flag_name(field: str) -> str:
@@ -73,12 +92,32 @@ def _comments(cls: type) -> dict[str, str]:
     for klass in reversed(cls.__mro__):  # a subclass's comment wins over its base's
         if not dataclasses.is_dataclass(klass) or klass is object:
             continue
-        try:
-            source = inspect.getsource(klass)
-        except (OSError, TypeError):  # pragma: no cover - classes built at run time
-            continue
-        found.update(_comments_in(source))
+        source = _class_source(klass)
+        if source is not None:
+            found.update(_comments_in(source))
     return found
+
+
+@functools.lru_cache(maxsize=None)
+def _class_source(cls: type) -> str | None:
+    """The source of ``cls``'s body. A module-level class is cut from its file's lines (its ``class``
+    line to the next line at column 0): ``inspect.getsource`` parses the whole module to find a
+    class, which made building every verb's flags cost a second."""
+    try:
+        path = inspect.getsourcefile(cls)
+    except TypeError:  # pragma: no cover - built-in classes
+        return None
+    lines = linecache.getlines(path) if path else []
+    start = re.compile(rf"class\s+{re.escape(cls.__name__)}\b")
+    heads = [i for i, line in enumerate(lines) if start.match(line)] if cls.__qualname__ == cls.__name__ else []
+    if len(heads) != 1:  # nested in a function or class, defined twice, or no file: ask inspect
+        try:
+            return inspect.getsource(cls)
+        except (OSError, TypeError):  # pragma: no cover - classes built at run time
+            return None
+    end = next((i for i in range(heads[0] + 1, len(lines)) if lines[i][:1] not in ("", " ", "\t", "\n", "\r")),
+               len(lines))
+    return "".join(lines[heads[0]:end])
 
 
 _FIELD = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*:[^=]*(=.*)?$")
@@ -160,17 +199,37 @@ def _default(field: dataclasses.Field) -> Any:
     return dataclasses.MISSING
 
 
+def _nested_config(annotation: Any) -> type | None:
+    """The config dataclass a field holds (``train: SparsifyConfig``), else None."""
+    return annotation if isinstance(annotation, type) and dataclasses.is_dataclass(annotation) else None
+
+
 def config_fields(cls: type) -> list[FieldInfo]:
-    """The init fields of the dataclass ``cls`` with their CLI kind, default and help text."""
+    """The fields of the dataclass ``cls`` that get a flag, with their CLI kind, default and help text.
+
+    Init fields only; a nested config field is replaced by its own fields (``path`` says where they
+    sit), less those an outer field of the same name stands for (see the module docstring).
+    """
     hints = typing.get_type_hints(cls)
     comments = _comments(cls)
-    fields = []
-    for field in dataclasses.fields(cls):
-        if not field.init:
+    own = [f for f in dataclasses.fields(cls) if f.init]
+    outer = {f.name for f in own if _nested_config(hints[f.name]) is None}
+    fields: list[FieldInfo] = []
+    for field in own:
+        nested = _nested_config(hints[field.name])
+        if nested is not None:
+            fields += [dataclasses.replace(info, path=(field.name, *info.path))
+                       for info in config_fields(nested) if info.name not in outer]
             continue
         kind, optional = _kind(hints[field.name])
         help_text = field.metadata.get("help") or comments.get(field.name, "")
         fields.append(FieldInfo(field.name, kind, _default(field), help_text, optional))
+    seen: dict[str, str] = {}
+    for info in fields:
+        if info.name in seen:
+            raise TypeError(f"{cls.__name__}: {seen[info.name]} and {info.qualname} would share the flag "
+                            f"{flag_name(info.name)}; rename one of them")
+        seen[info.name] = info.qualname
     return fields
 
 
@@ -183,8 +242,6 @@ def field_help(cls: type, name: str) -> str:
 
 def parse_key_values(items: list[str] | None, flag: str = "--ultralytics-arg") -> dict[str, Any]:
     """``["mosaic=0.5", "name=x"]`` -> ``{"mosaic": 0.5, "name": "x"}`` (values read as YAML)."""
-    import yaml
-
     extra: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = str(item).partition("=")
@@ -238,7 +295,8 @@ def add_config_flags(
     """
     flags = dict(flags or {})
     exclude = dict(exclude or {})
-    unknown = set(exclude) - {f.name for f in dataclasses.fields(cls)}  # flags may name fields of other configs
+    known = {info.name for info in config_fields(cls)}
+    unknown = set(exclude) - known  # (flags may name fields of other configs: one dict serves several calls)
     if unknown:
         raise TypeError(f"{cls.__name__} has no fields {sorted(unknown)}")
     registry: dict[str, dict[str, Any]] = parser.get_default(_REGISTRY_ATTR) or {}
@@ -303,24 +361,59 @@ def _convert(info: FieldInfo, value: Any, option: str) -> Any:
     return value
 
 
-def config_from_args(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
-    """Build ``cls`` from the flags given on the command line plus ``fixed`` values.
+class _Given(dict):
+    """The values given for a nested config's fields (``{"lr0": 0.01}``), nested configs again as _Given."""
 
-    Fields whose flag was not given are left out, so the config's defaults apply.
+
+def config_from_args(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
+    """Build ``cls`` from the flags given on the command line plus ``fixed`` values (``cls``'s own fields).
+
+    Fields whose flag was not given are left out, so the config's defaults apply; a nested config
+    none of whose flags was given is left out too.
     """
     registry = getattr(args, _REGISTRY_ATTR, None) or {}
     values: dict[str, Any] = {}
     for info in config_fields(cls):
-        if info.name in fixed or not hasattr(args, info.name) or (registry and info.name not in registry):
+        top = info.path[0] if info.path else info.name
+        if top in fixed or not hasattr(args, info.name) or (registry and info.name not in registry):
             continue  # not given (the config's default applies), or a hand-written flag of the same name
         entry = registry.get(info.name, {})
         option = (entry.get("options") or [flag_name(info.name)])[0]
         value = getattr(args, info.name)
         if entry.get("empty_is_default") and value == "":
             continue
-        values[info.name] = _convert(info, value, option)
+        target = values
+        for name in info.path:
+            target = target.setdefault(name, _Given())
+        target[info.name] = _convert(info, value, option)
     values.update(fixed)
-    return cls(**values)
+    return _build(cls, values)
+
+
+def _build(cls: type, values: dict[str, Any]) -> Any:
+    """``cls(**values)``, where a :class:`_Given` value becomes that nested config.
+
+    The nested config starts as ``cls`` itself builds it from the other values (QATConfig names its
+    training run after its own variant) and takes the given values on top; a nested field without a
+    default starts from its class's defaults.
+    """
+    given = {name: value for name, value in values.items() if isinstance(value, _Given)}
+    plain = {name: value for name, value in values.items() if not isinstance(value, _Given)}
+    if not given:
+        return cls(**plain)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    defaulted = all(fields[name].default is not dataclasses.MISSING
+                    or fields[name].default_factory is not dataclasses.MISSING for name in given)  # type: ignore[misc]
+    start = cls(**plain) if defaulted else None
+    for name, sub in given.items():
+        plain[name] = _replace(getattr(start, name), sub) if start is not None else _build(hints[name], sub)
+    return cls(**plain)
+
+
+def _replace(config: Any, given: _Given) -> Any:
+    return dataclasses.replace(config, **{name: _replace(getattr(config, name), value) if isinstance(value, _Given)
+                                          else value for name, value in given.items()})
 
 
 def flag_registry(parser: argparse.ArgumentParser) -> dict[str, dict[str, Any]]:

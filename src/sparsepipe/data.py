@@ -41,9 +41,12 @@ from collections import Counter
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import yaml
+
+from sparsepipe import storage
 from sparsepipe.errors import ConfigError, DataError, SparsepipeError
 from sparsepipe.results import RESULT_FILE, StepResult, atomic_write_text, publish_mode, read_result
-from sparsepipe.synthetic import GENERATOR_VERSION, PRESETS, SyntheticConfig, generate_dataset
+from sparsepipe.synthetic import GENERATOR_VERSION, PRESETS, SyntheticConfig, generate_dataset, progress_bar
 
 CACHE_ENV = "SPARSEPIPE_CACHE"
 DATA_YAML = "data.yaml"
@@ -248,8 +251,6 @@ def parse_source(source: str | os.PathLike) -> Source:
 
 
 def _load_yaml(path: Path) -> Any:
-    import yaml
-
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8-sig"))
     except yaml.YAMLError as exc:
@@ -270,8 +271,6 @@ class NoDataYaml(DataError):
 
 def _looks_like_data_yaml(path: Path) -> bool:
     try:
-        import yaml
-
         doc = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
     except Exception:  # noqa: BLE001 - any unreadable YAML is simply not a candidate
         return False
@@ -449,7 +448,7 @@ class _Problems:
 
 
 def _check_image(path: Path) -> str | None:
-    from PIL import Image
+    from PIL import Image  # heavy: PIL
 
     try:
         with Image.open(path) as im:
@@ -794,8 +793,6 @@ def safe_extract(archive: Path, dest: Path, *, max_bytes: int = MAX_ARCHIVE_BYTE
 def download(url: str, dest: Path, timeout_s: float = 60.0, progress: bool = True,
              max_bytes: int = MAX_ARCHIVE_BYTES) -> Path:  # fmt: skip
     """Download ``url`` to ``dest`` through a temporary ``.part`` file and a rename (at most ``max_bytes``)."""
-    from sparsepipe.synthetic import progress_bar
-
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
@@ -849,8 +846,6 @@ def _cache_key(text: str) -> str:
 
 def _make_relocatable(yaml_path: Path) -> None:
     """Rewrite a data YAML so its splits are relative to its folder and it has no ``path:``."""
-    import yaml
-
     data = _load_yaml(yaml_path)
     if not isinstance(data, dict):
         return
@@ -905,8 +900,6 @@ def _fetched_entry(source: Source, cache_dir: Path, config: DataConfig) -> Path:
     def fill(tmp: Path) -> None:
         tree = tmp / "dataset"
         if source.kind == "s3":
-            from sparsepipe import storage  # lazy: boto3 is only needed for s3:// sources
-
             if _is_archive(source.value):
                 archive = tmp / Path(urllib.parse.urlparse(source.value).path).name
                 storage.download_file(source.value, archive)
@@ -1078,8 +1071,6 @@ def _resolve(source: str | os.PathLike, cache: Path, config: DataConfig) -> Path
 
 
 def _normalized_copy(yaml_path: Path, data: dict, cache: Path) -> Path:
-    import yaml
-
     root = _dataset_root(data, yaml_path)
     doc = dict(data)
     doc.pop("path", None)
@@ -1097,8 +1088,6 @@ def _normalized_copy(yaml_path: Path, data: dict, cache: Path) -> Path:
 
 def _materialize(src_yaml: Path, dest: Path) -> None:
     """Copy the splits of ``src_yaml`` (images + labels) into ``dest`` with a relocatable YAML."""
-    import yaml
-
     data = _load_yaml(src_yaml)
     names = _names(data, src_yaml)
     root = _dataset_root(data, src_yaml)

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsepipe.errors import ConfigError, ModelError, SparsepipeError
+from sparsepipe.onnx_utils import read_onnx
 
 #: Environment variable naming the DeepSparse venv's python (the image sets it).
 PYTHON_ENV = "SPARSEPIPE_DEEPSPARSE_PYTHON"
@@ -156,8 +157,6 @@ def check_model(path: Path) -> Any:
     DeepSparse reads only the default ONNX domain at opset <= 17: extra opset imports (what
     onnxruntime's ``quant_pre_process`` stamps, or ``com.microsoft`` contrib ops) are refused.
     """
-    from sparsepipe.export import read_onnx
-
     model = read_onnx(path)
     extra = sorted(f"{o.domain} {o.version}" for o in model.opset_import if o.domain not in ("", "ai.onnx"))
     default = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]

@@ -20,7 +20,15 @@ import time
 from pathlib import Path
 
 from sparsepipe.errors import ConfigError
+from sparsepipe.evaluate import EvaluateConfig, evaluate
+from sparsepipe.export import ExportConfig, export_onnx
+from sparsepipe.predict import Predictor
+from sparsepipe.quantize import QuantizeConfig, quantize
+from sparsepipe.report import ReportConfig, report
 from sparsepipe.results import StepResult
+from sparsepipe.sparsify import SparsifyConfig, sparsify
+from sparsepipe.tracking import resolve_tracker
+from sparsepipe.training import TrainConfig, train
 
 
 @dataclasses.dataclass
@@ -57,15 +65,8 @@ class DemoConfig:
 
 def run_demo(out: str | Path, config: DemoConfig | None = None, experiment: str = "sparsepipe", track: bool = True) -> StepResult:
     """Run every step into ``out/<step>`` and return the report step's result."""
-    from sparsepipe.benchmark import BenchmarkConfig, benchmark
-    from sparsepipe.data import DataConfig, prepare_data
-    from sparsepipe.evaluate import EvaluateConfig, evaluate
-    from sparsepipe.export import ExportConfig, export_onnx
-    from sparsepipe.quantize import QuantizeConfig, quantize
-    from sparsepipe.report import ReportConfig, report
-    from sparsepipe.sparsify import SparsifyConfig, sparsify
-    from sparsepipe.tracking import resolve_tracker
-    from sparsepipe.training import TrainConfig, train
+    from sparsepipe.benchmark import BenchmarkConfig, benchmark  # heavy: openvino (via sparsepipe.benchmark)
+    from sparsepipe.data import DataConfig, prepare_data  # heavy: cv2 (via sparsepipe.data)
 
     config = config or DemoConfig()
     out = Path(out).resolve()
@@ -132,8 +133,7 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, experiment: str 
 
 def predict_sample(export_dir: Path, data_dir: Path, images: int = 4) -> list[dict]:
     """What ``sparsepipe predict`` finds (default confidence) in the first validation images."""
-    from sparsepipe.data import label_path, split_images
-    from sparsepipe.predict import Predictor
+    from sparsepipe.data import label_path, split_images  # heavy: cv2 (via sparsepipe.data)
 
     files = split_images(data_dir / "data.yaml", "val")[:images]
     predictor = Predictor(export_dir)

@@ -25,7 +25,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import yaml
+
+from sparsepipe import __version__
 from sparsepipe.errors import ConfigError, SparsepipeError
+from sparsepipe.registry import parse_registry_uri
+from sparsepipe.results import atomic_write_text
 
 PORT = 8080  # KServe's default container port
 DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -33,8 +38,6 @@ QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$")
 
 
 def _default_image() -> str:
-    from sparsepipe import __version__
-
     return f"ghcr.io/sparsepipe/sparsepipe-cpu:{__version__}"
 
 
@@ -105,8 +108,6 @@ def check_model_uri(model: str) -> str:
     or an ``s3://`` object/prefix; local paths are refused."""
     model = str(model).strip()
     if model.startswith("models:/"):
-        from sparsepipe.registry import parse_registry_uri
-
         parse_registry_uri(model)  # raises a RegistryError naming the expected forms
         return model
     if model.startswith("s3://"):
@@ -196,10 +197,6 @@ def deploy(model: str, out: str | Path, config: DeployConfig, apply: bool = Fals
 
 def write_manifest(model: str, path: str | Path, config: DeployConfig, apply: bool = False) -> Path:
     """Write the manifest to an exact file ``path`` (the KFP component's artifact path)."""
-    import yaml
-
-    from sparsepipe.results import atomic_write_text
-
     written = atomic_write_text(path, yaml.safe_dump(inference_service(model, config), sort_keys=False))
     if apply:
         print(kubectl_apply(written))

@@ -37,11 +37,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparsepipe.errors import SparsepipeError
+from sparsepipe.models import load_yolo
 from sparsepipe.modifiers.distillation import (
     DISTILLATION_MODIFIERS,
     DistillationModifier,
     PerLayerDistillationModifier,
 )
+from sparsepipe.recipe.schedule import active_distillation
+from sparsepipe.ultralytics_hooks import trainer_class
 
 TEACHER_SELF = "self"  # --teacher self: a frozen copy of the starting model
 DRY_RUN_IMGSZ = 64  # px of the dry forward pass that sizes projections and checks layer shapes
@@ -58,8 +61,6 @@ def resolve_teacher(teacher: str, yolo: Any) -> nn.Module:
     URI (``models:/name/version``, ``models:/name@alias``) or anything ``load_yolo`` accepts (a
     checkpoint path, a train/sparsify ``--out`` folder, ``s3://...pt``).
     """
-    from sparsepipe.models import load_yolo
-
     teacher = str(teacher).strip()
     if teacher == TEACHER_SELF:
         model = copy.deepcopy(yolo.model)
@@ -269,10 +270,8 @@ class DistillationSession:
 
     def trainer_class(self, task: str) -> type:
         """Subclass of sparsepipe's trainer for ``task`` that trains the student with distillation."""
-        from ultralytics.nn.tasks import DetectionModel, SegmentationModel
-        from ultralytics.utils import RANK
-
-        from sparsepipe.ultralytics_hooks import trainer_class
+        from ultralytics.nn.tasks import DetectionModel, SegmentationModel  # heavy: ultralytics
+        from ultralytics.utils import RANK  # heavy: ultralytics
 
         base = trainer_class(task)
         model_class = distilling_model_class({"detect": DetectionModel, "segment": SegmentationModel}[task])
@@ -321,8 +320,6 @@ class DistillationSession:
         self._sum, self._count = None, 0
 
     def on_train_batch_start(self, trainer: Any) -> None:
-        from sparsepipe.recipe.schedule import active_distillation
-
         batches = max(1, len(trainer.train_loader))
         self.epoch = int(trainer.epoch) + self._batch / batches
         self._batch += 1

@@ -10,6 +10,8 @@ traceback; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
+
 
 class SparsepipeError(Exception):
     """Base class of all errors caused by user input; the CLI prints them without traceback."""
@@ -52,8 +54,6 @@ _FILE_SYSTEM_HINTS = {
 
 def describe_os_error(exc: OSError) -> str | None:
     """One paragraph for a file-system fault the user can fix, or None for any other OSError (a bug)."""
-    import errno
-
     name = errno.errorcode.get(exc.errno or 0, "")
     hint = _FILE_SYSTEM_HINTS.get(name)
     if hint is None:

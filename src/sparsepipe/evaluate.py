@@ -22,8 +22,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sparsepipe.errors import ConfigError
-from sparsepipe.results import StepResult, atomic_write_text, check_out, claim_out, inherited_variant, produced_file
+import numpy as np
+
+from sparsepipe.bootstrap import DetectionRecords, UndefinedRatio, build_records, map_interval, paired_ratio_interval
+from sparsepipe.errors import ConfigError, DataError, SparsepipeError
+from sparsepipe.models import load_yolo, resolve_model_path
+from sparsepipe.onnx_utils import onnx_metadata
+from sparsepipe.results import (
+    StepResult, atomic_write_text, check_out, claim_out, inherited_variant, produced_file, read_result)
+from sparsepipe.tracking import Tracker
 
 
 @dataclasses.dataclass
@@ -79,9 +86,7 @@ def per_class_table(metrics: Any) -> list[dict[str, Any]]:
 
 def _labels(image: Path, width: int, height: int) -> tuple[Any, Any]:
     """Ground-truth (xyxy pixel boxes, classes) of an image, from its YOLO label file."""
-    import numpy as np
-
-    from sparsepipe.data import label_path
+    from sparsepipe.data import label_path  # heavy: cv2 (via sparsepipe.data)
 
     label = label_path(image)
     rows = [line.split() for line in label.read_text().splitlines() if line.strip()] if label.is_file() else []
@@ -102,10 +107,9 @@ def _labels(image: Path, width: int, height: int) -> tuple[Any, Any]:
 
 def detection_records(yolo: Any, data_yaml: str | Path, config: "EvaluateConfig", imgsz: int) -> Any:
     """Predict every image of the split once and match the boxes to its labels."""
-    from sparsepipe.bootstrap import build_records
-    from sparsepipe.synthetic import progress_bar
+    from sparsepipe.synthetic import progress_bar  # heavy: cv2 (via sparsepipe.synthetic)
 
-    from sparsepipe.data import class_names, split_images
+    from sparsepipe.data import class_names, split_images  # heavy: cv2 (via sparsepipe.data)
 
     images, names = split_images(data_yaml, config.split), class_names(data_yaml)
     bar = progress_bar(total=len(images), desc="per-image matching", unit="img")
@@ -136,9 +140,7 @@ def evaluate(model: str, data: str, out: str | Path, config: EvaluateConfig | No
     ``baseline``: the evaluate out folder of the reference model on the same data; adds the
     paired ratio of mAP50-95 (variant / baseline) with its bootstrap interval.
     """
-    from sparsepipe.data import resolve_data
-    from sparsepipe.models import load_yolo, resolve_model_path
-    from sparsepipe.tracking import Tracker
+    from sparsepipe.data import resolve_data  # heavy: cv2 (via sparsepipe.data)
 
     config = config or EvaluateConfig()
     tracker = tracker or Tracker()
@@ -154,8 +156,6 @@ def evaluate(model: str, data: str, out: str | Path, config: EvaluateConfig | No
     if imgsz is None:
         imgsz = 320
         if path.suffix == ".onnx":
-            from sparsepipe.export import onnx_metadata
-
             meta_size = onnx_metadata(path).get("imgsz", "")
             digits = [int(t) for t in meta_size.strip("[]() ").replace(",", " ").split() if t.isdigit()]
             imgsz = digits[0] if digits else imgsz
@@ -206,8 +206,7 @@ def evaluate(model: str, data: str, out: str | Path, config: EvaluateConfig | No
 
 def check_class_count(yolo: Any, path: Path, data_yaml: str | Path) -> None:
     """Refuse a model whose class count differs from the dataset's (ultralytics would score it silently)."""
-    from sparsepipe.data import class_names
-    from sparsepipe.errors import DataError
+    from sparsepipe.data import class_names  # heavy: cv2 (via sparsepipe.data)
 
     model_names = getattr(yolo, "names", None) or {}
     names = class_names(data_yaml)
@@ -221,9 +220,6 @@ def check_class_count(yolo: Any, path: Path, data_yaml: str | Path) -> None:
 
 def baseline_records_path(baseline: str | Path) -> Path:
     """The ``per_image.npz`` of an evaluate out folder (or the file itself), with a clear error."""
-    from sparsepipe.errors import SparsepipeError
-    from sparsepipe.results import read_result
-
     location = Path(baseline)
     if location.is_file() and location.suffix == ".npz":
         return location
@@ -242,8 +238,6 @@ def error_bars(yolo: Any, data_yaml: Any, config: EvaluateConfig, imgsz: int, ou
                extra: dict[str, Any], baseline: str | Path | None, map50_95: float) -> dict[str, float]:
     """Per-image records -> ``map50_95_ci_*`` around ``map50_95`` (ultralytics' figure), and the
     paired ratio against ``baseline`` (both models' recomputed mAP on the same resampled images)."""
-    from sparsepipe.bootstrap import DetectionRecords, UndefinedRatio, map_interval, paired_ratio_interval
-
     records = detection_records(yolo, data_yaml, config, imgsz)
     files["per_image"] = str(records.save(out / "per_image.npz"))
     interval = map_interval(records, config.bootstrap, config.bootstrap_seed)

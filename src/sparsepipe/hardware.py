@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ISA_FLAGS = {
     "avx2": "avx2",
     "avx512f": "avx512",
@@ -97,9 +99,8 @@ PEAK_SIDE = 64
 def peak_conv_onnx(path: str | Path, int8: bool, channels: int = PEAK_CHANNELS, side: int = PEAK_SIDE) -> int:
     """Write a one-conv ONNX probe (FP32, or INT8 as QDQ: uint8 activations, int8 per-tensor
     weights) to ``path``; returns its MACs."""
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    import onnx  # heavy: onnx
+    from onnx import TensorProto, helper, numpy_helper  # heavy: onnx
 
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((channels, channels, 3, 3)).astype(np.float32) * 0.05
@@ -151,8 +152,6 @@ def measure_peak(threads: int, iterations: int = 20, engines: tuple[str, ...] = 
     """Measured peak ops/s (1 MAC = 2 ops) of the probe convolution per precision and engine on
     ``threads`` threads; ``int8_ops_s`` / ``fp32_ops_s`` are the best engine's (best of
     ``iterations`` runs, so the figure is a ceiling, not a typical value)."""
-    import numpy as np
-
     result: dict[str, Any] = {"threads": threads, "probe": f"conv3x3 {PEAK_CHANNELS}->{PEAK_CHANNELS} @ {PEAK_SIDE}x{PEAK_SIDE}"}
     with tempfile.TemporaryDirectory(prefix="sparsepipe-peak-") as tmp:
         for precision in ("fp32", "int8"):
@@ -163,7 +162,7 @@ def measure_peak(threads: int, iterations: int = 20, engines: tuple[str, ...] = 
             for engine in engines:
                 try:
                     if engine == "onnxruntime":
-                        import onnxruntime as ort
+                        import onnxruntime as ort  # heavy: onnxruntime
 
                         options = ort.SessionOptions()
                         options.intra_op_num_threads = threads
@@ -171,7 +170,7 @@ def measure_peak(threads: int, iterations: int = 20, engines: tuple[str, ...] = 
                         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
                         seconds = _time_call(lambda: session.run(None, {"x": feed}), 3, iterations)
                     elif engine == "openvino":
-                        import openvino as ov
+                        import openvino as ov  # heavy: openvino
 
                         compiled = ov.Core().compile_model(
                             str(path), "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})

@@ -53,7 +53,7 @@ def image_size(data: bytes, name: str = "image", max_pixels: int = DEFAULT_MAX_P
     if not data:
         raise ImageInputError(f"'{name}' is empty (0 bytes); send an image file.", "not_image")
     with warnings.catch_warnings():
-        from PIL import Image
+        from PIL import Image  # heavy: PIL
 
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         return _open_checked(io.BytesIO(data), name, max_pixels).size
@@ -62,7 +62,7 @@ def image_size(data: bytes, name: str = "image", max_pixels: int = DEFAULT_MAX_P
 def _open_checked(stream: Any, name: str, max_pixels: int) -> Any:
     """A lazily decoded PIL image whose header passed the pixel and shape checks (callers hold the
     ``DecompressionBombWarning``-as-error filter)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError  # heavy: PIL
 
     try:
         image = Image.open(stream)  # reads the header only
@@ -97,7 +97,7 @@ def _open_checked(stream: Any, name: str, max_pixels: int) -> Any:
 
 
 def _decode(stream: Any, name: str, max_pixels: int) -> np.ndarray:
-    from PIL import Image, ImageOps
+    from PIL import Image, ImageOps  # heavy: PIL
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -152,7 +152,7 @@ def load_image(source: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.nd
         check_shape(array.shape[1], array.shape[0], f"array of shape {source.shape}")
         return np.ascontiguousarray(array[:, :, :3]), "array"
     try:
-        from PIL import Image
+        from PIL import Image  # optional: PIL
     except ImportError:  # pragma: no cover - Pillow is a dependency
         Image = None
     if Image is not None and isinstance(source, Image.Image):

@@ -25,13 +25,25 @@ import contextlib
 import dataclasses
 import json
 import os
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from sparsepipe import storage
+from sparsepipe.champion import register_report_champion
 from sparsepipe.errors import ConfigError
-from sparsepipe.recipe_lookup import IMAGE_RECIPES_DIR, resolve_recipe  # library code shared with the CLI; re-exported
-from sparsepipe.results import StepResult, atomic_copy
+from sparsepipe.evaluate import EvaluateConfig, evaluate
+from sparsepipe.export import ExportConfig, export_onnx
+from sparsepipe.quantize import QuantizeConfig, quantize
+from sparsepipe.recipe_lookup import IMAGE_RECIPES_DIR, resolve_recipe  # noqa: F401 - re-exported (shared with the CLI)
+from sparsepipe.registry import ChampionPolicy
+from sparsepipe.report import ReportConfig, report
+from sparsepipe.results import StepResult, atomic_copy, inherited_variant
+from sparsepipe.sparsify import SparsifyConfig, sparsify
+from sparsepipe.storage import publish
+from sparsepipe.tracking import Tracker, TrackingError, resolve_tracker
+from sparsepipe.training import TrainConfig, train
 
 __all__ = [
     "KFP_RUN_TAG",
@@ -163,8 +175,6 @@ def open_run(
     context carries no parent id and each task logs into its own injected run.
     ``publish_root`` (e.g. ``s3://bucket/sparsepipe``) becomes ``<publish_root>/<kfp_run_id>``.
     """
-    from sparsepipe.tracking import resolve_tracker
-
     uri = _tracking_uri(tracking_uri)
     root = publish_root.strip().rstrip("/")
     if root and kfp_run_id:
@@ -199,12 +209,11 @@ def close_run(*, kfp_run_id: str, status: str, experiment: str = "sparsepipe", t
     status set, or ``""`` when there was nothing to close (tracking off, injected runs, which
     the KFP backend closes itself).
     """
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # heavy: mlflow
 
     uri = _tracking_uri(tracking_uri)
     if not uri or not kfp_run_id or os.environ.get("MLFLOW_RUN_ID", "").strip():
         return ""
-    from sparsepipe.tracking import TrackingError
 
     final = kfp_status_to_mlflow(status)
     client = MlflowClient(tracking_uri=uri)
@@ -236,8 +245,6 @@ def close_run(*, kfp_run_id: str, status: str, experiment: str = "sparsepipe", t
 @contextlib.contextmanager
 def step_tracker(context: RunContext, step: str, variant: str = "") -> Iterator[Any]:
     """The tracker a component's step logs into (see the module docstring for the order)."""
-    from sparsepipe.tracking import Tracker, resolve_tracker
-
     tags = {STEP_TAG: step, VARIANT_TAG: variant}
     if os.environ.get("MLFLOW_RUN_ID", "").strip():
         yield resolve_tracker(context.experiment, tags=tags)  # injected: KFP ends it
@@ -254,8 +261,6 @@ def step_tracker(context: RunContext, step: str, variant: str = "") -> Iterator[
 
 def _finish(result: StepResult, context: RunContext, tracker: Any) -> StepResult:
     """Publish the out folder under the context's prefix (atomic, with a manifest) and tag it."""
-    from sparsepipe.storage import publish
-
     uri = context.publish_uri(result.variant if result.step != "data" else "", result.step)
     if uri:
         published = publish(result.out_dir, uri)
@@ -312,10 +317,6 @@ def check_publish_root(publish_root: str) -> None:
     written under the root and deleted: credentials allowed only under other prefixes (a KFP
     multi-user namespace) fail here, in seconds, not in the upload after the step's work.
     """
-    import uuid
-
-    from sparsepipe import storage
-
     if not storage.is_s3_uri(publish_root):
         return
     bucket, prefix = storage.split_s3_uri(publish_root)
@@ -365,7 +366,7 @@ def _run(step: str, variant: str, context: str, call: Any) -> StepResult:
 
 def run_data(source: str, out: str, context: str = "", validate: bool = True) -> StepResult:
     """The data step into the artifact folder ``out`` (``Output[Dataset].path``)."""
-    from sparsepipe.data import DataConfig, prepare_data
+    from sparsepipe.data import DataConfig, prepare_data  # heavy: cv2 (via sparsepipe.data)
 
     return _run("data", "", context,
                 lambda tracker: prepare_data(source, out, DataConfig(validate=validate, progress=False), tracker))
@@ -379,8 +380,6 @@ def run_train(model: str, data: str, out: str, context: str = "", *, epochs: int
     ``accelerator``/``accelerator_count`` are the Kubernetes resource the task asked for
     (``nvidia.com/gpu``, ``"1"``): see :func:`train_device`.
     """
-    from sparsepipe.training import TrainConfig, train
-
     # Loop items reach components as JSON numbers (160.0): integers are made integers again.
     config = TrainConfig(epochs=_int(epochs), imgsz=_int(imgsz), batch=_int(batch), device=train_device(accelerator, accelerator_count),
                          workers=_int(workers), seed=_int(seed), variant=variant)
@@ -395,8 +394,6 @@ def run_sparsify(model: str, data: str, recipe: str, out: str, context: str = ""
     ``recipe_args``: overrides as ``k=v,k2=v2`` or a JSON object; ``max_epochs`` > 0 refuses
     recipes longer than that (a budget), 0 = no limit.
     """
-    from sparsepipe.sparsify import SparsifyConfig, sparsify
-
     config = SparsifyConfig(imgsz=_int(imgsz), batch=_int(batch), device=train_device(accelerator, accelerator_count),
                             workers=_int(workers), seed=_int(seed), max_epochs=_int(max_epochs) or None,
                             variant=variant or "pruned")
@@ -414,9 +411,6 @@ def run_quantize(model: str, data: str, out: str, context: str = "", *, calibrat
     ``evaluate`` is off by default because the pipeline evaluates every variant in its own
     evaluate step. ``variant`` "" = ``<source variant>-ptq`` (``ptq`` for the baseline).
     """
-    from sparsepipe.quantize import QuantizeConfig, quantize
-    from sparsepipe.results import inherited_variant
-
     config = QuantizeConfig(method="ptq", calibration_images=_int(calibration_images),
                             calibration_method=calibration_method, per_channel=per_channel,
                             evaluate=evaluate, seed=_int(seed), variant=variant)
@@ -428,9 +422,6 @@ def run_quantize(model: str, data: str, out: str, context: str = "", *, calibrat
 def run_export(model: str, out: str, context: str = "", *, imgsz: int = 320, opset: int = 17,
                variant: str = "") -> StepResult:
     """The export step (``model``: a train/sparsify folder) into the artifact folder ``out``."""
-    from sparsepipe.export import ExportConfig, export_onnx
-    from sparsepipe.results import inherited_variant
-
     variant = inherited_variant(model, variant)
     config = ExportConfig(imgsz=_int(imgsz), opset=_int(opset), variant=variant)
     return _run("export", variant, context, lambda tracker: export_onnx(model, out, config, tracker))
@@ -438,9 +429,6 @@ def run_export(model: str, out: str, context: str = "", *, imgsz: int = 320, ops
 
 def run_evaluate(model: str, data: str, out: str, context: str = "", *, variant: str = "") -> StepResult:
     """The evaluate step (``model``: an export folder; ``data``: a data folder)."""
-    from sparsepipe.evaluate import EvaluateConfig, evaluate
-    from sparsepipe.results import inherited_variant
-
     variant = inherited_variant(model, variant)
     config = EvaluateConfig(variant=variant)
     return _run("evaluate", variant, context, lambda tracker: evaluate(model, data, out, config, tracker))
@@ -450,8 +438,7 @@ def run_benchmark(model: str, out: str, context: str = "", *, threads: int = 1, 
                   warmup: int = 10, batch: int = 1, baseline: str = "", variant: str = "",
                   scenario: str = "sync", streams: int = 1, pin: bool = False) -> StepResult:
     """The benchmark step (``model``: an export folder; ``baseline``: one to interleave with)."""
-    from sparsepipe.benchmark import BenchmarkConfig, benchmark
-    from sparsepipe.results import inherited_variant
+    from sparsepipe.benchmark import BenchmarkConfig, benchmark  # heavy: openvino (via sparsepipe.benchmark)
 
     variant = inherited_variant(model, variant)
     config = BenchmarkConfig(threads=_int(threads), iterations=_int(iterations), warmup=_int(warmup),
@@ -468,17 +455,13 @@ def run_report(results: list[str], out: str, context: str = "", *, markdown_path
     """The report step over step folders; copies report.md/.html to the KFP artifact paths.
 
     ``register_model`` (a registered model name; "" = no registration, also when tracking is
-    off) registers the champion's ONNX (:func:`sparsepipe.registry.register_champion`: fastest
+    off) registers the champion's ONNX (:func:`sparsepipe.champion.register_champion`: fastest
     variant within ``max_accuracy_drop`` of the baseline's mAP50-95) and points ``alias`` at it;
     the choice is appended to the report and kept in ``result.extra["registered"]``.
     """
-    from sparsepipe.report import ReportConfig, report
-
     def call(tracker: Any) -> StepResult:
         result = report(list(results), out, ReportConfig(baseline=baseline, title=title), tracker)
         if register_model and getattr(tracker, "run_id", None):  # tracking off: nothing to register into
-            from sparsepipe.registry import ChampionPolicy, register_report_champion
-
             register_report_champion(result, register_model, alias=alias, tracker=tracker,
                                      policy=ChampionPolicy(baseline=baseline, max_accuracy_drop=float(max_accuracy_drop)))
         for role, target in (("markdown", markdown_path), ("html", html_path)):

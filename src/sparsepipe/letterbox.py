@@ -29,7 +29,7 @@ class LetterboxInfo:
 
 def letterbox(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, LetterboxInfo]:
     """Resize HxWx3 ``image`` into ``size`` = (height, width), keeping its aspect ratio."""
-    import cv2
+    import cv2  # heavy: cv2
 
     height, width = image.shape[:2]
     target_h, target_w = size

@@ -28,16 +28,12 @@ from sparsepipe.modifiers.pruning import (
 from sparsepipe.modifiers.second_order import SECOND_ORDER_MODIFIERS, second_order_prune
 from sparsepipe.recipe.schedule import MaskSchedule
 from sparsepipe.recipe.validate import resolve_pruning
+from sparsepipe.torch_utils import unwrap
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from sparsepipe.recipe.recipe import Recipe
-
-
-def unwrap(model: Any) -> Any:
-    """The bare module inside DDP / DataParallel wrappers."""
-    return model.module if hasattr(model, "module") and not hasattr(model, "yaml") else model
 
 
 class MaskManager:
@@ -73,7 +69,7 @@ class MaskManager:
     # ------------------------------------------------------------------ schedule
     def step(self, epoch: float) -> bool:
         """Recompute masks due at ``epoch`` and drop expired ones; True if anything changed."""
-        import torch
+        import torch  # heavy: torch
 
         changed = False
         for index, (modifier, names, schedule) in enumerate(self.pruners):
@@ -181,7 +177,7 @@ class MaskManager:
     # ------------------------------------------------------------------ enforcement
     def apply(self, module: "torch.nn.Module | None" = None) -> None:
         """Zero the pruned weights of ``module`` (default: the trained model) in place."""
-        import torch
+        import torch  # heavy: torch
 
         if not self.masks:
             return

@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sparsepipe.errors import ConfigError
 
 __all__ = ["onnx_signature", "save_onnx_model"]
@@ -28,10 +30,9 @@ FLAVOR = "onnx"
 
 def onnx_signature(model: Any) -> Any:
     """The MLflow ``ModelSignature`` (tensor specs) of an ``onnx.ModelProto``'s graph inputs and outputs."""
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
-    from onnx import helper
+    from mlflow.models import ModelSignature  # heavy: mlflow
+    from mlflow.types.schema import Schema, TensorSpec  # heavy: mlflow
+    from onnx import helper  # heavy: onnx
 
     initializers = {t.name for t in model.graph.initializer}
 
@@ -46,9 +47,9 @@ def onnx_signature(model: Any) -> Any:
 
 def save_onnx_model(onnx_path: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
     """Write the MLflow model folder ``dest`` (must not exist) for ``onnx_path``; return ``dest``."""
-    import mlflow.onnx
-    import onnx
-    from mlflow.models import Model
+    import mlflow.onnx  # heavy: mlflow
+    import onnx  # heavy: onnx
+    from mlflow.models import Model  # heavy: mlflow
 
     source = Path(onnx_path)
     dest = Path(dest)

@@ -9,11 +9,19 @@ sparsepipe never downloads weights: a model is either an ultralytics model confi
 
 from __future__ import annotations
 
+import ast
 import difflib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import yaml
+
+from sparsepipe import storage
 from sparsepipe.errors import ModelError
+from sparsepipe.onnx_utils import check_yolo_onnx, read_onnx
+from sparsepipe.registry import resolve_registry_uri, verified_checksum
+from sparsepipe.results import produced_file, read_result
+from sparsepipe.trust import check_checkpoint, enforcing_loads
 
 if TYPE_CHECKING:  # pragma: no cover
     from ultralytics import YOLO
@@ -23,7 +31,7 @@ MODEL_SUFFIXES = (".pt", ".onnx")
 
 def known_model_configs() -> list[str]:
     """Model config names ultralytics ships (``yolov8n.yaml`` style, scale letters expanded)."""
-    import ultralytics
+    import ultralytics  # heavy: ultralytics
 
     root = Path(ultralytics.__file__).parent / "cfg" / "models"
     names: set[str] = set()
@@ -31,8 +39,6 @@ def known_model_configs() -> list[str]:
         stem = path.stem
         names.add(path.name)
         try:
-            import yaml
-
             scales = (yaml.safe_load(path.read_text()) or {}).get("scales") or {}
         except Exception:  # noqa: BLE001 - a broken shipped file must not hide the others
             scales = {}
@@ -65,25 +71,18 @@ def resolve_model_path(model: str, cache_dir: Path | None = None) -> str:
     model = str(model).strip()
     if not model:
         raise ModelError("The model is empty: pass --model yolov8n.yaml or a checkpoint path.")
-    from sparsepipe.trust import check_checkpoint
 
     if model.startswith("models:/"):
-        from sparsepipe.registry import resolve_registry_uri, verified_checksum
-
         local = resolve_registry_uri(model, cache_dir)
         check_checkpoint(local, origin=model, verified=verified_checksum(local) is not None)
         return local
     if model.startswith("s3://"):
-        from sparsepipe import storage
-
         local_path = storage.localize(model, cache_dir or Path.home() / ".cache" / "sparsepipe" / "models")
         check_checkpoint(local_path, origin=model, verified=_s3_verified(model, local_path))
         return str(local_path)
     path = Path(model).expanduser()
     if path.suffix in MODEL_SUFFIXES or path.is_file() or "/" in model:
         if path.is_dir():
-            from sparsepipe.results import produced_file, read_result
-
             found = produced_file(path, ("weights", "onnx", "int8_onnx"))
             if found is not None:
                 check_checkpoint(found)
@@ -116,8 +115,6 @@ def resolve_model_path(model: str, cache_dir: Path | None = None) -> str:
 
 
 def _read_config(path: Path) -> object:
-    import yaml
-
     try:
         return yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
@@ -127,9 +124,7 @@ def _read_config(path: Path) -> object:
 
 def _plain_activation(act: str) -> bool:
     """Whether ``act`` is ``nn.Name(...)`` / ``torch.nn.Name(...)`` with only number/bool arguments."""
-    import ast
-
-    import torch
+    import torch  # heavy: torch
 
     try:
         call = ast.parse(act.strip(), mode="eval").body
@@ -153,15 +148,15 @@ def _plain_activation(act: str) -> bool:
 
 def _layer_class(name: object) -> bool:
     """Whether a config layer name resolves to a torch.nn.Module class (as ultralytics resolves it)."""
-    import torch
-    from ultralytics.nn import tasks
+    import torch  # heavy: torch
+    from ultralytics.nn import tasks  # heavy: ultralytics
 
     if not isinstance(name, str):
         return False
     if name.startswith("nn."):
         obj = getattr(torch.nn, name[3:], None)
     elif name.startswith("torchvision.ops."):
-        import torchvision
+        import torchvision  # heavy: torchvision
 
         obj = getattr(torchvision.ops, name[16:], None)
     else:
@@ -199,8 +194,6 @@ def check_model_config(cfg: object, source: str) -> None:
 
 def _s3_verified(uri: str, local: Path) -> bool:
     """Whether a localized S3 object matched the SHA-256 sparsepipe stored in its metadata at upload."""
-    from sparsepipe import storage
-
     if not local.is_file():
         return False
     bucket, key = storage.split_s3_uri(uri)
@@ -214,14 +207,10 @@ def _s3_verified(uri: str, local: Path) -> bool:
 
 def load_yolo(model: str, task: str | None = None, cache_dir: Path | None = None) -> "YOLO":
     """Build or load an ultralytics ``YOLO`` object, turning ultralytics' errors into ModelError."""
-    from ultralytics import YOLO
-
-    from sparsepipe.trust import enforcing_loads
+    from ultralytics import YOLO  # heavy: ultralytics
 
     ref = resolve_model_path(model, cache_dir)
     if str(ref).lower().endswith(".onnx") and Path(ref).is_file():
-        from sparsepipe.export import check_yolo_onnx, read_onnx  # lazy: onnx is only needed for .onnx
-
         check_yolo_onnx(read_onnx(ref), model)  # ultralytics would fail with an IndexError mid-validation
     try:
         with enforcing_loads(ref):  # torch's weights_only unpickler: no class called with file data

@@ -22,11 +22,16 @@ from typing import Any
 
 import numpy as np
 
+from sparsepipe.deepsparse_predict import DeepSparsePredictEngine
 from sparsepipe.errors import ConfigError, ModelError
 from sparsepipe.image_input import DEFAULT_MAX_PIXELS, load_image
 from sparsepipe.letterbox import LetterboxInfo, letterbox, unletterbox_boxes
 from sparsepipe.limits import check_threads
+from sparsepipe.models import resolve_model_path
 from sparsepipe.nms import batched_nms, xywh_to_xyxy
+from sparsepipe.onnx_utils import check_yolo_onnx, read_onnx
+from sparsepipe.registry import resolve_registry_uri
+from sparsepipe.results import atomic_write_bytes, atomic_write_text, produced_file
 
 PREDICT_ENGINES = ("onnxruntime", "openvino", "deepsparse")
 
@@ -113,8 +118,6 @@ class ModelInfo:
 
     @classmethod
     def read(cls, path: Path) -> ModelInfo:
-        from sparsepipe.export import check_yolo_onnx, read_onnx
-
         model = read_onnx(path)
         check_yolo_onnx(model, path)  # any other graph would fail later with an IndexError
         meta = {p.key: p.value for p in model.metadata_props}
@@ -144,7 +147,7 @@ class ModelInfo:
 
 class _OrtEngine:
     def __init__(self, info: ModelInfo, threads: int) -> None:
-        from sparsepipe.benchmark import BenchmarkConfig, OrtRunner
+        from sparsepipe.benchmark import BenchmarkConfig, OrtRunner  # heavy: openvino (via sparsepipe.benchmark)
 
         runner = OrtRunner(info.path, BenchmarkConfig(threads=threads, batch=info.batch or 1, imgsz=info.imgsz[0]))
         self.session = runner.session  # session.run is thread-safe
@@ -155,7 +158,7 @@ class _OrtEngine:
 
 class _OpenVinoEngine:
     def __init__(self, info: ModelInfo, threads: int) -> None:
-        import openvino as ov
+        import openvino as ov  # heavy: openvino
 
         core = ov.Core()
         try:
@@ -182,18 +185,15 @@ def _make_engine(info: ModelInfo, config: PredictConfig) -> Any:
         return _OrtEngine(info, config.threads)
     if config.engine == "openvino":
         try:
-            import openvino  # noqa: F401
+            import openvino  # noqa: F401  # optional: openvino
         except ImportError:
             raise ConfigError("engine='openvino' needs the openvino package; install it or use onnxruntime.") from None
         return _OpenVinoEngine(info, config.threads)
-    from sparsepipe.deepsparse_predict import DeepSparsePredictEngine
 
     return DeepSparsePredictEngine(info.path, config.threads, info.batch or 1)
 
 
 def _onnx_in_folder(folder: Path, model: str) -> Path:
-    from sparsepipe.results import produced_file
-
     found = produced_file(folder, ("int8_onnx", "onnx")) if (folder / "result.json").is_file() else None
     if found is None:
         onnx_files = sorted(folder.rglob("*.onnx"))
@@ -210,12 +210,8 @@ def resolve_onnx(model: str | Path) -> Path:
 
     A registry version holding both a ``.pt`` and an ``.onnx`` gives its ``.onnx``.
     """
-    from sparsepipe.models import resolve_model_path
-
     text = str(model).strip()
     if text.startswith("models:/"):
-        from sparsepipe.registry import resolve_registry_uri
-
         path = Path(resolve_registry_uri(text, prefer=".onnx"))
     elif Path(text).is_dir():
         path = Path(text)
@@ -320,7 +316,7 @@ def _rle(mask: np.ndarray) -> dict[str, Any]:
 def _masks(coefs: np.ndarray, protos: np.ndarray, input_boxes: np.ndarray, boxes: np.ndarray,
            info: LetterboxInfo, imgsz: tuple[int, int]) -> list[dict[str, Any]]:
     """Instance masks of a segment head: coefficients x prototypes, upsampled, cut to the box."""
-    import cv2
+    import cv2  # heavy: cv2
 
     nm, mh, mw = protos.shape
     logits = (coefs @ protos.reshape(nm, -1)).reshape(-1, mh, mw)
@@ -339,7 +335,7 @@ def _masks(coefs: np.ndarray, protos: np.ndarray, input_boxes: np.ndarray, boxes
 
 def draw(array: np.ndarray, prediction: Prediction) -> np.ndarray:
     """A copy of the RGB image with boxes and 'label score' drawn (OpenCV's built-in font, no download)."""
-    import cv2
+    import cv2  # heavy: cv2
 
     canvas = np.ascontiguousarray(array.copy())
     for det in prediction.detections:
@@ -354,8 +350,6 @@ def draw(array: np.ndarray, prediction: Prediction) -> np.ndarray:
 def predict_files(model: str, images: Sequence[str], out: str | Path, config: PredictConfig,
                   save_images: bool = False) -> Path:
     """``sparsepipe predict``: predictions.json (and annotated images) in ``out``, written atomically."""
-    from sparsepipe.results import atomic_write_bytes, atomic_write_text
-
     if not images:
         raise ConfigError("No images given; pass one or more image files (e.g. sparsepipe predict model.onnx a.jpg).")
     predictor = Predictor(model, config=config)
@@ -366,7 +360,7 @@ def predict_files(model: str, images: Sequence[str], out: str | Path, config: Pr
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if save_images:
-        import cv2
+        import cv2  # heavy: cv2
 
         for i, (source, prediction) in enumerate(zip(images, predictions)):
             array, _ = load_image(source, config.max_pixels)

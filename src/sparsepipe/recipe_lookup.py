@@ -21,9 +21,11 @@ Anything else is a :class:`~sparsepipe.errors.ConfigError` listing where it look
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 
+from sparsepipe import storage
 from sparsepipe.errors import ConfigError
 
 __all__ = ["IMAGE_RECIPES_DIR", "RECIPE_SUFFIXES", "recipe_dirs", "resolve_recipe"]
@@ -61,8 +63,6 @@ def resolve_recipe(recipe: str | os.PathLike[str], cache_dir: Path | None = None
     if not recipe:
         raise ConfigError("The recipe is empty: give recipes/<name>.yaml, a shipped recipe's name (e.g. "
                           "yolov8n-pruned50) or an s3://bucket/key.yaml URI.")
-    from sparsepipe import storage  # the S3 client (boto3) only when a recipe is remote
-
     if storage.is_s3_uri(recipe):
         return str(storage.localize(recipe, Path(cache_dir) if cache_dir else _cache_dir()))
     path = Path(recipe).expanduser()
@@ -78,8 +78,11 @@ def resolve_recipe(recipe: str | os.PathLike[str], cache_dir: Path | None = None
             tried.append(str(candidate))
             if candidate.is_file():
                 return str(candidate)
-    shipped = sorted(p.stem for root in recipe_dirs() if root.is_dir() for p in root.glob("*.yaml"))
-    hint = f" Shipped recipes: {', '.join(shipped[:12])}{' ...' if len(shipped) > 12 else ''}." if shipped else ""
+    shipped = sorted({p.stem for root in recipe_dirs() if root.is_dir() for p in root.glob("*.yaml")})
+    close = difflib.get_close_matches(Path(path.name).stem, shipped, n=3, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(close)}?" if close else ""
+    if shipped:
+        hint += f" Shipped recipes: {', '.join(shipped[:12])}{' ...' if len(shipped) > 12 else ''}."
     raise ConfigError(
         f"Recipe '{recipe}' not found: it does not exist as given, nor as {', '.join(dict.fromkeys(tried))}. Give a recipe "
         f"file, a shipped recipe's name, an s3://bucket/key.yaml URI, or set SPARSEPIPE_RECIPES_DIR.{hint}"

@@ -23,26 +23,25 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sparsepipe import __version__
-from sparsepipe.masks import MaskManager, overall_sparsity, sparsity_table, unwrap
+from sparsepipe.masks import MaskManager, overall_sparsity, sparsity_table
 from sparsepipe.recipe import schedule
+from sparsepipe.results import atomic_write_with
+from sparsepipe.torch_utils import unwrap
+from sparsepipe.tracking import Tracker
+from sparsepipe.trust import load_checkpoint
 
 STATE_KEY = "sparsepipe"  # key of sparsepipe's state inside ultralytics checkpoints
 
 
 def checkpoint_state(path: str | Path) -> dict[str, Any] | None:
     """sparsepipe's recipe state stored in an ultralytics checkpoint, or None."""
-    from sparsepipe.trust import load_checkpoint
-
     ckpt = load_checkpoint(path)  # scanned, then torch's enforcing unpickler (SECURITY.md)
     return ckpt.get(STATE_KEY) if isinstance(ckpt, dict) else None
 
 
 def write_checkpoint_state(path: str | Path, state: dict[str, Any]) -> None:
     """Add ``state`` to a checkpoint file, atomically (temporary file + rename)."""
-    import torch
-
-    from sparsepipe.results import atomic_write_with
-    from sparsepipe.trust import load_checkpoint
+    import torch  # heavy: torch
 
     ckpt = load_checkpoint(path)
     ckpt[STATE_KEY] = state
@@ -54,8 +53,6 @@ class RecipeSession:
 
     def __init__(self, recipe: Any, recipe_args: dict[str, Any] | None = None, tracker: Any = None,
                  resume_state: dict[str, Any] | None = None) -> None:
-        from sparsepipe.tracking import Tracker
-
         self.recipe = recipe
         self.recipe_args = dict(recipe_args or {})
         self.tracker = tracker or Tracker()

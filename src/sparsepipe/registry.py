@@ -1,4 +1,4 @@
-"""The MLflow model registry: register a variant's model file, pick a champion, resolve ``models:/`` URIs.
+"""The MLflow model registry: register a variant's model file, the champion policy, resolve ``models:/`` URIs.
 
     python -c "from sparsepipe.registry import resolve_registry_uri; print(resolve_registry_uri('models:/yolov8n@champion'))"
 
@@ -29,6 +29,7 @@ the only ``.onnx``/``.pt`` file of the version, or, when it holds both, the ``.p
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import tempfile
@@ -38,7 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from sparsepipe.errors import ConfigError, SparsepipeError
-from sparsepipe.results import atomic_write_text, publish_mode
+from sparsepipe.mlflow_model import save_onnx_model
+from sparsepipe.results import publish_mode
+from sparsepipe.storage import file_sha256
+from sparsepipe.tracking import _get_or_create_experiment, _probe_server
 
 __all__ = [
     "REGISTRY_PREFIX",
@@ -48,9 +52,7 @@ __all__ = [
     "download_model_version",
     "is_registry_uri",
     "parse_registry_uri",
-    "register_champion",
     "register_model",
-    "register_report_champion",
     "resolve_registry_uri",
 ]
 
@@ -101,9 +103,7 @@ def _tracking_uri(explicit: str | None) -> str:
 
 
 def _client(tracking_uri: str) -> Any:
-    from mlflow.tracking import MlflowClient
-
-    from sparsepipe.tracking import _probe_server
+    from mlflow.tracking import MlflowClient  # heavy: mlflow
 
     if tracking_uri.startswith(("http://", "https://")):
         _probe_server(tracking_uri)  # seconds, not minutes of client retries
@@ -120,7 +120,7 @@ def _cache_root() -> Path:
 
 def download_model_version(uri: str, cache_dir: Path | None = None, tracking_uri: str | None = None) -> Path:
     """Download the artifacts of registry ``uri`` once (cached per name/version) and return the folder."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # heavy: mlflow
 
     name, version, alias = parse_registry_uri(uri)
     server = _tracking_uri(tracking_uri)
@@ -141,7 +141,7 @@ def download_model_version(uri: str, cache_dir: Path | None = None, tracking_uri
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     publish_mode(tmp)
     try:
-        import mlflow.artifacts
+        import mlflow.artifacts  # heavy: mlflow
 
         mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp), tracking_uri=server)
         _verify_version_files(uri, mv, tmp)
@@ -160,10 +160,6 @@ def download_model_version(uri: str, cache_dir: Path | None = None, tracking_uri
 
 def _verify_version_files(uri: str, mv: Any, folder: Path) -> None:
     """Check downloaded files against the version's ``sparsepipe.sha256.*`` tags; record the verified ones."""
-    import json
-
-    from sparsepipe.storage import file_sha256
-
     expected = {k[len(CHECKSUM_TAG_PREFIX):]: v for k, v in (mv.tags or {}).items() if k.startswith(CHECKSUM_TAG_PREFIX)}
     verified: dict[str, str] = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -186,10 +182,6 @@ def verified_checksum(path: str | os.PathLike[str]) -> str | None:
 
     Re-hashes the cached file, so a cache edited after the download is not vouched for.
     """
-    import json
-
-    from sparsepipe.storage import file_sha256
-
     path = Path(path).absolute()
     for folder in path.parents:
         marker = folder / VERIFIED_FILE
@@ -252,7 +244,7 @@ def register_model(
     ``registry/<variant or model>``, and the version's source is that artifact folder, so
     ``models:/name/N`` downloads exactly these files. Returns the MLflow ``ModelVersion``.
     """
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # heavy: mlflow
 
     files = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
     if not files:
@@ -268,15 +260,12 @@ def register_model(
     client = _client(server)
     own_run = not run_id
     if own_run:
-        from sparsepipe.tracking import _get_or_create_experiment
-
         exp_id = _get_or_create_experiment(client, experiment, server)
         run_id = client.create_run(exp_id, run_name=f"register.{variant or name}").info.run_id
     folder = f"{ARTIFACT_DIR}/{variant or 'model'}"
     onnx_files = [f for f in files if f.suffix == ".onnx"]
     try:
         if len(onnx_files) == 1:  # an MLflow model (ONNX flavour, signature) with the raw files beside it
-            from sparsepipe.mlflow_model import save_onnx_model
 
             with tempfile.TemporaryDirectory(prefix="sparsepipe-register-") as tmp:
                 staged = save_onnx_model(onnx_files[0], Path(tmp) / "model")
@@ -294,7 +283,6 @@ def register_model(
                 raise
         source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{folder}"
         version_tags = {k: str(v) for k, v in dict(tags or {}).items()}
-        from sparsepipe.storage import file_sha256
 
         for f in files:  # verified by download_model_version; lets a remote .pt be loaded without trust
             digest = file_sha256(f)
@@ -349,7 +337,7 @@ def _set_alias(client: Any, name: str, alias: str, version: str, attempts: int =
     not-yet-existing alias at the same moment can make one of them fail with a unique-constraint
     error (seen with the SQLite backend). Retrying is safe: setting an alias is idempotent.
     """
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # heavy: mlflow
 
     for attempt in range(attempts):
         try:
@@ -416,83 +404,3 @@ def choose_champion(variants: Mapping[str, Mapping[str, Any]], policy: ChampionP
     reason = (f"fastest variant with {key} >= {floor:.4f} ({1 - policy.max_accuracy_drop:.0%} of baseline "
               f"{float(base[key]):.4f}): {winner} at {speed:.3f}x baseline speed, {key} {accuracy:.4f}")
     return winner, reason
-
-
-def register_champion(
-    results: list[str | os.PathLike[str]],
-    name: str,
-    *,
-    alias: str = "champion",
-    policy: ChampionPolicy | None = None,
-    tracking_uri: str | None = None,
-    run_id: str = "",
-    experiment: str = "sparsepipe",
-) -> dict[str, Any]:
-    """Pick the champion among the variants of step folders and register its ONNX under ``alias``.
-
-    ``results`` are step out folders (export/quantize give each variant's ONNX; evaluate and
-    benchmark its metrics), as given to the report step. Returns ``{"variant", "version",
-    "uri", "reason", "model"}``; the version carries the variant's metrics as tags.
-    """
-    from sparsepipe.report import add_relative_metrics, collect_variants
-    from sparsepipe.results import read_result
-
-    policy = policy or ChampionPolicy()
-    steps = [read_result(r) for r in results]
-    variants = collect_variants(steps)
-    add_relative_metrics(variants, policy.baseline)
-    onnx: dict[str, Path] = {}
-    for step in steps:  # the ONNX that was evaluated/benchmarked: quantize's INT8, else export's FP32
-        variant = step.variant or "baseline"
-        if step.step == "quantize" and "int8_onnx" in step.files:
-            onnx[variant] = step.path("int8_onnx")
-        elif step.step == "export" and "onnx" in step.files:
-            onnx.setdefault(variant, step.path("onnx"))
-    candidates = {v: e["metrics"] for v, e in variants.items() if v in onnx}
-    winner, reason = choose_champion(candidates, policy)
-    metrics = variants[winner]["metrics"]
-    tags = {k: metrics[k] for k in ("map50", "map50_95", "latency_ms_p50", "speedup_vs_baseline", "sparsity",
-                                    "size_mb") if isinstance(metrics.get(k), (int, float))}
-    tags["sparsepipe.champion_reason"] = reason
-    mv = register_model(onnx[winner], name, alias=alias, tracking_uri=tracking_uri, run_id=run_id,
-                        experiment=experiment, variant=winner, tags=tags, description=reason)
-    ref = f"{REGISTRY_PREFIX}{name}@{alias}" if alias else f"{REGISTRY_PREFIX}{name}/{mv.version}"
-    return {"variant": winner, "version": str(mv.version), "uri": ref, "reason": reason, "model": str(onnx[winner])}
-
-
-def register_report_champion(
-    report_result: Any,
-    name: str,
-    *,
-    alias: str = "champion",
-    policy: ChampionPolicy | None = None,
-    tracker: Any,
-) -> dict[str, Any]:
-    """Register the champion among a report's variants, linked to the report step's MLflow run.
-
-    What ``sparsepipe report --register-model NAME`` and the Kubeflow report component do after
-    :func:`sparsepipe.report.report`: :func:`register_champion` over the report's ``results``
-    (the run of ``tracker`` holds the registered files), tag that run with the registered URI,
-    version and champion, append a "Registered model" section to ``report.md`` and keep the
-    choice in ``report_result.extra["registered"]`` (result.json rewritten). Returns that choice.
-    """
-    run_id = str(getattr(tracker, "run_id", "") or "")
-    if not run_id:
-        raise RegistryError(
-            f"Registering the champion as '{name}' needs MLflow tracking (the model version is logged in the "
-            f"report's run): drop --no-track, or leave --register-model out."
-        )
-    policy = policy or ChampionPolicy()
-    registered = register_champion(list(report_result.config.get("results") or []), name, alias=alias,
-                                   run_id=run_id, tracking_uri=getattr(tracker, "tracking_uri", None),
-                                   policy=policy)
-    tracker.set_tags({"sparsepipe.registered": registered["uri"],
-                      "sparsepipe.registered_version": registered["version"],
-                      "sparsepipe.champion": registered["variant"]})
-    markdown = report_result.path("markdown")
-    note = (f"\n## Registered model\n\n`{registered['uri']}` = version {registered['version']}: "
-            f"{registered['reason']}.\n")
-    atomic_write_text(markdown, markdown.read_text() + note)
-    report_result.extra["registered"] = registered
-    report_result.write()
-    return registered

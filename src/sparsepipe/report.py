@@ -23,12 +23,16 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
+import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
+from sparsepipe.bootstrap import DetectionRecords, UndefinedRatio, paired_ratio_interval
 from sparsepipe.errors import ConfigError, SparsepipeError
 from sparsepipe.results import StepResult, atomic_write_bytes, atomic_write_text, check_out, claim_out, read_result
+from sparsepipe.tracking import Tracker
 
 # (metric key, column title, format) in display order; names shared with MLflow and KFP.
 COLUMNS = (
@@ -107,8 +111,6 @@ def _short_path(result: StepResult, role: str) -> str:
 
 def _finite(value: Any) -> bool:
     """Numbers that can be shown and compared (a NaN or a string is left out of the table)."""
-    import math
-
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -118,8 +120,6 @@ def add_relative_metrics(variants: dict[str, dict[str, Any]], baseline: str, con
     Speed is never derived here: ``speedup_vs_baseline`` is only what a variant's own benchmark
     measured against the baseline in the same interleaved run (absent otherwise).
     """
-    from sparsepipe.bootstrap import DetectionRecords, UndefinedRatio, paired_ratio_interval
-
     config = config or ReportConfig(baseline=baseline)
     if baseline not in variants:
         raise SparsepipeError(
@@ -190,12 +190,11 @@ def accuracy_latency_plot(points: list[dict[str, Any]], path: Path, baseline: st
     """mAP50-95 (with its 95 % interval) against the speedup each variant measured in its own run."""
     if not points:
         return None
-    import io
 
-    import matplotlib
+    import matplotlib  # heavy: matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: matplotlib
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     for p in points:
@@ -239,8 +238,6 @@ def html_report(title: str, variants: dict[str, dict[str, Any]], plot: Path | No
 
 def report(results: list[str], out: str | Path, config: ReportConfig | None = None, tracker: Any = None) -> StepResult:
     """Build the comparison report from step out folders (or result.json files)."""
-    from sparsepipe.tracking import Tracker
-
     config = config or ReportConfig()
     tracker = tracker or Tracker()
     if not results:

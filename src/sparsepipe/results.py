@@ -12,11 +12,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from sparsepipe.errors import SparsepipeError
+from sparsepipe.errors import SparsepipeError, StorageError
 
 RESULT_FILE = "result.json"
 
@@ -101,8 +102,6 @@ def begin_step(out: str | os.PathLike) -> Path:
 
 def check_out(out: str | os.PathLike) -> Path:
     """The resolved out folder, refused if it is an existing file; nothing is created or removed."""
-    from sparsepipe.errors import StorageError
-
     out = Path(out).resolve()
     if out.exists() and not out.is_dir():
         raise StorageError(f"--out {out} is an existing file, not a folder; give a folder path (it is created).")
@@ -114,8 +113,6 @@ def claim_out(out: str | os.PathLike) -> Path:
 
     Called after every argument check, so a re-run refused for bad input leaves a good folder as it was.
     """
-    from sparsepipe.errors import StorageError
-
     out = check_out(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -136,8 +133,6 @@ def inherited_variant(model: str | os.PathLike, explicit: str = "") -> str:
 
 def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Copy a file to ``dst`` via a temporary name in the destination folder and a rename."""
-    import shutil
-
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)

@@ -24,16 +24,24 @@ import base64
 import binascii
 import concurrent.futures
 import dataclasses
+import errno
+import json
+import re
+import socket
 import threading
 import time
 from collections.abc import Callable
+from contextlib import asynccontextmanager
+from pathlib import PurePosixPath
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from sparsepipe import __version__, oip
 from sparsepipe.errors import ConfigError
 from sparsepipe.image_input import (
     DEFAULT_MAX_PIXELS,
@@ -42,6 +50,7 @@ from sparsepipe.image_input import (
     image_size,
 )
 from sparsepipe.limits import check_threads
+from sparsepipe.predict import PredictConfig, Predictor, resolve_onnx
 
 STATUS_OF_KIND = {"too_large": 413, "not_image": 422, "truncated": 422, "bad_array": 422, "bad_shape": 422}
 
@@ -85,7 +94,7 @@ class _Metrics:
     """Prometheus metrics of one app, in their own registry (several apps can live in one process)."""
 
     def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram  # heavy: prometheus_client
 
         self.registry = CollectorRegistry()
         self.requests = Counter("sparsepipe_requests", "HTTP requests by endpoint and status",
@@ -174,9 +183,7 @@ def create_app(load_predictor: Callable[[], Any], config: ServeConfig | None = N
     when it is done) and returns an object with ``predict(arrays, conf=, iou=)`` like
     :class:`sparsepipe.predict.Predictor`. ``v2_name`` is the model's name in the v2 routes
     (KServe: the InferenceService name); "" = :func:`v2_model_name` of ``model_name``."""
-    from contextlib import asynccontextmanager
-
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest  # heavy: prometheus_client
 
     config = config or ServeConfig()
     metrics = _Metrics()
@@ -188,7 +195,6 @@ def create_app(load_predictor: Callable[[], Any], config: ServeConfig | None = N
     def load() -> None:
         try:
             predictor = load_predictor()
-            import numpy as np
 
             predictor.predict([np.full((64, 64, 3), 114, np.uint8)])  # warm-up before /ready says yes
             state["predictor"] = predictor
@@ -417,9 +423,6 @@ def create_app(load_predictor: Callable[[], Any], config: ServeConfig | None = N
 
 def v2_model_name(model: str) -> str:
     """A URL-safe model name for the v2 routes: ``models:/yolo@champion`` -> ``yolo``, ``runs/x/model.onnx`` -> ``model``."""
-    import re
-    from pathlib import PurePosixPath
-
     text = str(model)
     if text.startswith("models:/"):
         text = re.split(r"[@/]", text[len("models:/"):])[0]
@@ -431,10 +434,6 @@ def v2_model_name(model: str) -> str:
 def _add_v2_routes(app: Any, name: str, state: dict[str, Any], admit_and_run: Callable, error: Callable,
                    config: ServeConfig) -> None:
     """The Open Inference Protocol v2 routes (bodies in :mod:`sparsepipe.oip`); errors are ``{"error": ...}``."""
-    import json
-
-    from sparsepipe import oip
-
     version = _version()
     infer_path = f"/v2/models/{name}/infer"
 
@@ -492,16 +491,11 @@ def deepsparse_yolo_output(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _version() -> str:
-    from sparsepipe import __version__
-
     return __version__
 
 
 def _check_port_free(host: str, port: int) -> None:
     """Refuse a host/port another process listens on (uvicorn only logs one line and exits 1)."""
-    import errno
-    import socket
-
     if port == 0:
         return
     try:
@@ -524,14 +518,11 @@ def _check_port_free(host: str, port: int) -> None:
 def serve(model: str, config: ServeConfig, engine: str = "onnxruntime", conf: float = 0.25,
           iou: float = 0.7, model_name: str = "") -> None:
     """``sparsepipe serve``: load the model (local path, s3:// or models:/name@alias) and run uvicorn."""
-    import uvicorn
-    from PIL import Image
-
-    from sparsepipe.predict import PredictConfig, Predictor
+    import uvicorn  # heavy: uvicorn
+    from PIL import Image  # heavy: PIL
 
     predict_config = PredictConfig(engine=engine, conf=conf, iou=iou, threads=config.engine_threads,
                                    max_pixels=config.max_pixels)  # validates before the server starts
-    from sparsepipe.predict import resolve_onnx
 
     if not str(model).startswith(("s3://", "models:/")):
         model = str(resolve_onnx(model))  # a wrong local path fails here, before the server starts

@@ -15,17 +15,23 @@ everything it reports comes from the original run. A finished run is refused and
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from sparsepipe.errors import ConfigError, SparsepipeError
+from sparsepipe.evaluate import EvaluateConfig, evaluate
 from sparsepipe.limits import check_epochs, check_input_size
+from sparsepipe.models import count_params, load_yolo
 from sparsepipe.recipe_lookup import resolve_recipe
 from sparsepipe.results import (StepResult, atomic_copy, atomic_write_bytes, atomic_write_text, check_out,
                                 claim_out)
-from sparsepipe.training import ULTRALYTICS_DIR, remove_truncated_checkpoints
+from sparsepipe.results import RESULT_FILE
+from sparsepipe.tracking import Tracker
+from sparsepipe.trust import load_checkpoint
+from sparsepipe.ultralytics_hooks import ULTRALYTICS_DIR, epoch_logger, remove_truncated_checkpoints, trainer_class
 
 
 @dataclasses.dataclass
@@ -63,12 +69,10 @@ class SparsifyConfig:
 
 def sparsity_chart(table: dict[str, dict[str, float]], path: Path, title: str) -> Path:
     """Horizontal bar chart of per-layer sparsity (PNG)."""
-    import io
-
-    import matplotlib
+    import matplotlib  # heavy: matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: matplotlib
 
     names = list(table)
     height = max(3.0, 0.18 * len(names) + 1.2)
@@ -94,9 +98,7 @@ def _load_for_resume(out: Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     Refuses (changing nothing) a folder without ``last.pt``, one whose checkpoint carries no recipe
     state, and a run that already finished (ultralytics would start a new training on its defaults).
     """
-    from sparsepipe.recipe_session import STATE_KEY
-    from sparsepipe.results import RESULT_FILE
-    from sparsepipe.trust import load_checkpoint
+    from sparsepipe.recipe_session import STATE_KEY  # heavy: pydantic (via sparsepipe.recipe_session)
 
     last = out / ULTRALYTICS_DIR / "weights" / "last.pt"
     if not last.is_file():
@@ -147,14 +149,10 @@ def sparsify(
     callbacks: dict[str, list[Callable[[Any], None]]] | None = None,
 ) -> StepResult:
     """Train ``model`` under ``recipe`` on ``data``; publish ``<out>/model.pt`` and its result."""
-    from sparsepipe.data import resolve_data
-    from sparsepipe.evaluate import EvaluateConfig, evaluate
-    from sparsepipe.masks import overall_sparsity, sparsity_table
-    from sparsepipe.models import count_params, load_yolo
-    from sparsepipe.recipe import load_recipe, load_recipe_string, parse_recipe_args, validate_recipe
-    from sparsepipe.recipe_session import RecipeSession, write_checkpoint_state
-    from sparsepipe.tracking import Tracker
-    from sparsepipe.ultralytics_hooks import epoch_logger, trainer_class
+    from sparsepipe.data import resolve_data  # heavy: cv2 (via sparsepipe.data)
+    from sparsepipe.masks import overall_sparsity, sparsity_table  # heavy: pydantic (via sparsepipe.masks)
+    from sparsepipe.recipe import load_recipe, load_recipe_string, parse_recipe_args, validate_recipe  # heavy: pydantic (via sparsepipe.recipe)
+    from sparsepipe.recipe_session import RecipeSession, write_checkpoint_state  # heavy: pydantic (via sparsepipe.recipe_session)
 
     config = config or SparsifyConfig()
     tracker = tracker or Tracker()
@@ -188,7 +186,7 @@ def sparsify(
         )
     data_yaml = resolve_data(data)
     yolo = load_yolo(str(start_from) if start_from else model)
-    from sparsepipe.qat import is_prepared, quant_modifier
+    from sparsepipe.qat_modules import is_prepared, quant_modifier  # heavy: pydantic, torch, ultralytics (via sparsepipe.qat_modules)
 
     quant = quant_modifier(loaded)
     if not resume and is_prepared(yolo.model):
@@ -201,7 +199,7 @@ def sparsify(
         raise SparsepipeError(f"'{model}' is a {yolo.task} model; sparsify supports detection and segmentation models.")
     teacher_model = None
     if teacher:
-        from sparsepipe.distillation import resolve_teacher
+        from sparsepipe.distillation import resolve_teacher  # heavy: pydantic, torch (via sparsepipe.distillation)
 
         teacher_model = resolve_teacher(teacher, yolo)
     validate_recipe(loaded, yolo.model, teacher=teacher_model)
@@ -209,23 +207,23 @@ def sparsify(
     run = {"model": model, "data": data, "teacher": teacher, "config": dataclasses.asdict(config)}
     session.state_hooks.append(lambda: {"run": run})  # what --resume restores (_resumed_run)
     distill = None
-    from sparsepipe.modifiers.distillation import DISTILLATION_MODIFIERS
+    from sparsepipe.modifiers.distillation import DISTILLATION_MODIFIERS  # heavy: pydantic (via sparsepipe.modifiers.distillation)
 
     if loaded.modifiers_of(*DISTILLATION_MODIFIERS):
-        from sparsepipe.distillation import DistillationSession
+        from sparsepipe.distillation import DistillationSession  # heavy: pydantic, torch (via sparsepipe.distillation)
 
         # The teacher resolved above for validation is reused, not loaded (or deep-copied) again.
         distill = DistillationSession.create(loaded, yolo, teacher, tracker, teacher_model=teacher_model)
     qat_controller = None
     if quant is not None:  # quantization-aware training: prepared model + schedule (sparsepipe.qat)
-        from sparsepipe.qat import QATController
+        from sparsepipe.qat_modules import QATController  # heavy: pydantic, torch, ultralytics (via sparsepipe.qat_modules)
 
         qat_controller = QATController(loaded, session)
         session.state_hooks.append(qat_controller.state)
-    from sparsepipe.channel_pruning import ChannelPruningController, channel_modifier, keep_architecture_trainer
+    from sparsepipe.channel_pruning import ChannelPruningController, channel_modifier, keep_architecture_trainer  # heavy: pydantic, torch (via sparsepipe.channel_pruning)
 
     channels = None
-    from sparsepipe.channel_pruning import is_splitfree
+    from sparsepipe.channel_pruning import is_splitfree  # heavy: pydantic, torch (via sparsepipe.channel_pruning)
 
     if distill is not None and is_splitfree(yolo.model):
         raise SparsepipeError(
@@ -269,7 +267,7 @@ def sparsify(
     # a channel-pruned checkpoint keeps its own architecture; a channel-pruning run goes split-free
     trainer_cls = keep_architecture_trainer(trainer_cls, convert=channels is not None)
     if qat_controller is not None:
-        from sparsepipe.qat import qat_trainer_class
+        from sparsepipe.qat_modules import qat_trainer_class  # heavy: pydantic, torch, ultralytics (via sparsepipe.qat_modules)
 
         trainer_cls = qat_trainer_class(trainer_cls, qat_controller)
     started = time.perf_counter()
@@ -289,7 +287,6 @@ def sparsify(
     last = Path(trainer.last)
     write_checkpoint_state(last, {**session.state(), "finished": True})
     weights = atomic_copy(last, out / "model.pt")
-    from sparsepipe.trust import load_checkpoint
 
     final = load_checkpoint(weights)["model"].float()
     targets = session.masks.targets if session.masks else {}
@@ -311,7 +308,7 @@ def sparsify(
         "time_per_epoch_s": round(seconds / max(1, epochs_needed - (resume_state or {}).get("epoch", 0)), 3),
     }
     files_extra: dict[str, str] = {}
-    from sparsepipe.channel_pruning import channel_ratio, channel_table, is_splitfree, macs_and_params
+    from sparsepipe.channel_pruning import channel_ratio, channel_table, is_splitfree, macs_and_params  # heavy: pydantic, torch (via sparsepipe.channel_pruning)
 
     if is_splitfree(final):  # channel-pruned: GMACs / params / per-layer channels before and after
         macs, _ = macs_and_params(final, config.imgsz)

@@ -17,6 +17,7 @@ reload with ``YOLO(path)``. ``Bottleneck``/``C3k`` children are kept as they are
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
@@ -69,7 +70,7 @@ class SplitFreeC2f(nn.Module):
 
 def splittable_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of every ``C2f`` / ``C3k2`` that :func:`to_splitfree` would swap."""
-    from ultralytics.nn.modules.block import C2f
+    from ultralytics.nn.modules.block import C2f  # heavy: ultralytics
 
     out = []
     for name, module in model.named_modules():
@@ -93,3 +94,8 @@ def to_splitfree(model: nn.Module) -> int:
             setattr(owner, leaf, new)
         count += 1
     return count
+
+
+def is_splitfree(model: Any) -> bool:
+    """True when ``model`` holds split-free blocks (its architecture is not the YAML's)."""
+    return isinstance(model, nn.Module) and any(isinstance(m, SplitFreeC2f) for m in model.modules())

@@ -16,10 +16,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from sparsepipe import __version__
+from sparsepipe.errors import SparsepipeError
 from sparsepipe.results import RESULT_FILE, StepResult, atomic_write_text, read_result
 
 KEY_FILE = "content_key.json"
@@ -61,8 +64,6 @@ def _canonical(value: Any) -> Any:
 
 def content_key(**parts: Any) -> dict[str, Any]:
     """``{"key": sha256, "parts": canonical parts}``; a ``Path`` to a file counts by its bytes."""
-    from sparsepipe import __version__
-
     canonical = _canonical({**parts, "sparsepipe": __version__})
     text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), default=str)
     return {"key": hashlib.sha256(text.encode()).hexdigest(), "parts": canonical}
@@ -89,8 +90,6 @@ def cached_step(folder: str | Path, key: dict[str, Any], make: Callable[[], Step
     """
     folder = Path(folder)
     if seed is not None and recorded_key(folder) is None and recorded_key(Path(seed)) == key["key"]:
-        import shutil
-
         log(f"{folder.name}: copied from {seed} (finished elsewhere from the same inputs)")
         if folder.exists():
             folder.rename(folder.with_name(f"{folder.name}.unfinished-{time.strftime('%Y%m%d-%H%M%S')}"))
@@ -113,7 +112,5 @@ def adopt(folder: str | Path, key: dict[str, Any]) -> None:
     """Record ``key`` for a finished folder made outside :func:`cached_step` (same inputs, checked by the caller)."""
     folder = Path(folder)
     if not (folder / RESULT_FILE).is_file():
-        from sparsepipe.errors import SparsepipeError
-
         raise SparsepipeError(f"{folder} has no {RESULT_FILE}: only a finished step can be adopted.")
     atomic_write_text(folder / KEY_FILE, json.dumps(key, indent=2, sort_keys=True) + "\n")

@@ -40,7 +40,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from sparsepipe.errors import StorageError
-from sparsepipe.results import publish_mode
+from sparsepipe.results import atomic_copy, atomic_write_text, publish_mode
 
 __all__ = [
     "MANIFEST_NAME",
@@ -128,8 +128,8 @@ def make_client(
 
     Credentials left as ``None`` are found by boto3's usual chain (profile, instance role...).
     """
-    import boto3
-    from botocore.config import Config
+    import boto3  # heavy: boto3
+    from botocore.config import Config  # heavy: botocore
 
     config = Config(
         connect_timeout=_CONNECT_TIMEOUT_S,
@@ -242,7 +242,7 @@ def _storage_error(
     missing: str = "object",
 ) -> StorageError:
     """Translate a boto3/botocore/OS exception into one StorageError paragraph (no secrets)."""
-    from botocore.exceptions import (
+    from botocore.exceptions import (  # heavy: botocore
         ClientError,
         ConnectionError as BotoConnectionError,
         ConnectTimeoutError,
@@ -331,7 +331,7 @@ def _progress(total_bytes: int, n_files: int, desc: str) -> Iterator[Any]:
     bar = None
     if n_files > 1:
         try:
-            from tqdm import tqdm
+            from tqdm import tqdm  # optional: tqdm
 
             bar = tqdm(
                 total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
@@ -832,7 +832,6 @@ def localize(uri_or_path: str, cache_dir: Path, *, client: Any = None) -> Path:
             log.debug("localize: cache hit for %s at %s", uri, target)
             return target
         _download_planned(client, bucket, prefix, files, target, uri)
-    from sparsepipe.results import atomic_write_text
 
     atomic_write_text(source_file, json.dumps({"uri": uri, "state": state}) + "\n")
     return target
@@ -878,7 +877,6 @@ def publish(local_path: str | os.PathLike[str], dest: str, *, client: Any = None
         else:
             if target.is_dir():  # an existing folder receives the file under its own name
                 target = target / src.name
-            from sparsepipe.results import atomic_copy
 
             atomic_copy(src, target)
     except StorageError:

@@ -31,6 +31,7 @@ from typing import Callable
 
 import cv2
 import numpy as np
+import yaml
 
 from sparsepipe.errors import ConfigError
 
@@ -409,7 +410,7 @@ def _visible_polygon(mask: np.ndarray) -> np.ndarray | None:
 def progress_bar(**kwargs):
     """A tqdm bar (stderr); a silent stand-in when tqdm is not installed."""
     try:
-        from tqdm import tqdm
+        from tqdm import tqdm  # optional: tqdm
     except ImportError:  # pragma: no cover - tqdm is a declared dependency
 
         class _Quiet:
@@ -423,8 +424,6 @@ def progress_bar(**kwargs):
 
 def data_yaml_text(names: dict[int, str], extra: dict | None = None) -> str:
     """The relocatable data YAML: splits relative to the YAML's folder, no ``path:`` key."""
-    import yaml
-
     doc = {"train": "images/train", "val": "images/val", **(extra or {})}
     doc["names"] = {int(k): str(v) for k, v in names.items()}
     return yaml.safe_dump(doc, sort_keys=False)

@@ -23,12 +23,16 @@ import logging
 import math
 import os
 import re
+import socket
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from sparsepipe.errors import SparsepipeError, StorageError
+from sparsepipe.results import atomic_copy
+from sparsepipe.storage import file_sha256
 
 __all__ = [
     "MlflowTracker",
@@ -170,8 +174,6 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
 
 def _process_owner(pid: int | None = None) -> str | None:
     """``host/pid/start`` of a process (its start time tells a reused pid apart); None if it is gone."""
-    import socket
-
     pid = os.getpid() if pid is None else pid
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -187,8 +189,6 @@ def _end_runs_of_dead_processes(client: Any, experiment_id: str) -> None:
     A process killed with -9 cannot end its run, which then shows RUNNING forever; the next start on
     the same host ends it. Runs of other hosts, and runs without an owner tag, are left alone.
     """
-    import socket
-
     host = socket.gethostname()
     try:
         runs = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=200)
@@ -327,8 +327,8 @@ class MlflowTracker(Tracker):
     # -- logging
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
-        from mlflow.exceptions import MlflowException
+        from mlflow.entities import Param  # heavy: mlflow
+        from mlflow.exceptions import MlflowException  # heavy: mlflow
 
         clean = _clean_pairs(params, "parameter", MAX_PARAM_VALUE_LENGTH)
         for chunk in _chunks(sorted(clean.items()), PARAMS_PER_BATCH):
@@ -345,7 +345,7 @@ class MlflowTracker(Tracker):
                         log.warning("MLflow kept the earlier value of param '%s': %s", key, inner)
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # heavy: mlflow
 
         timestamp = _now_ms()
         entries = []
@@ -374,7 +374,6 @@ class MlflowTracker(Tracker):
         else:
             self.client.log_artifact(self.run_id, str(local), artifact_path=artifact_path)
             if local.suffix in CHECKSUMMED_SUFFIXES:  # checked by verify_artifact on read
-                from sparsepipe.storage import file_sha256
 
                 key = f"{artifact_path.strip('/')}/{local.name}" if artifact_path else local.name
                 self.client.set_tag(self.run_id, f"{CHECKSUM_TAG_PREFIX}{key}", file_sha256(local))
@@ -383,7 +382,7 @@ class MlflowTracker(Tracker):
         self.client.log_text(self.run_id, text, artifact_file)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        from mlflow.entities import RunTag
+        from mlflow.entities import RunTag  # heavy: mlflow
 
         clean = _clean_pairs(tags, "tag", MAX_TAG_VALUE_LENGTH)
         for chunk in _chunks(sorted(clean.items()), PARAMS_PER_BATCH):
@@ -447,7 +446,7 @@ def _probe_server(tracking_uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
 
     Any HTTP answer counts as reachable (a 401/404 is for the client to explain).
     """
-    import requests
+    import requests  # heavy: requests
 
     url = tracking_uri.rstrip("/") + "/health"
     try:
@@ -461,7 +460,7 @@ def _probe_server(tracking_uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
 
 
 def _get_or_create_experiment(client: Any, name: str, tracking_uri: str) -> str:
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # heavy: mlflow
 
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
@@ -503,8 +502,8 @@ def resolve_tracker(
     """
     if not enabled:
         return Tracker()
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+    from mlflow.exceptions import MlflowException  # heavy: mlflow
+    from mlflow.tracking import MlflowClient  # heavy: mlflow
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if not uri:
@@ -575,13 +574,8 @@ def download_verified_artifact(run_id: str, artifact_path: str, dst_dir: str | o
     The file appears at ``dst_dir/<name>`` only after it matched (temporary name, then rename);
     a mismatch or a missing checksum tag raises :class:`TrackingError` naming the run and file.
     """
-    import tempfile
-
-    import mlflow.artifacts
-    from mlflow.tracking import MlflowClient
-
-    from sparsepipe.results import atomic_copy
-    from sparsepipe.storage import file_sha256
+    import mlflow.artifacts  # heavy: mlflow
+    from mlflow.tracking import MlflowClient  # heavy: mlflow
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
     key = artifact_path.strip("/")

@@ -17,9 +17,13 @@ from typing import Any, Callable
 
 from sparsepipe.errors import ConfigError, SparsepipeError
 from sparsepipe.limits import check_epochs, check_input_size
+from sparsepipe.models import count_params, load_yolo
 from sparsepipe.results import StepResult, atomic_copy, check_out, claim_out
+from sparsepipe.tracking import Tracker
+from sparsepipe.ultralytics_hooks import (  # noqa: F401 - re-exported
+    ULTRALYTICS_DIR, remove_truncated_checkpoints)
+from sparsepipe.ultralytics_hooks import epoch_logger, trainer_class
 
-ULTRALYTICS_DIR = "ultralytics"  # ultralytics' own run folder inside --out (plots, results.csv, weights/)
 
 
 @dataclasses.dataclass
@@ -113,11 +117,8 @@ def train(
     final metrics and the weights; ``None`` logs nothing. ``callbacks`` maps ultralytics
     event names to extra functions called with the trainer (ultralytics' callback API).
     """
-    from sparsepipe.channel_pruning import keep_architecture_trainer
-    from sparsepipe.data import resolve_data
-    from sparsepipe.models import count_params, load_yolo
-    from sparsepipe.tracking import Tracker
-    from sparsepipe.ultralytics_hooks import epoch_logger, trainer_class
+    from sparsepipe.channel_pruning import keep_architecture_trainer  # heavy: pydantic, torch (via sparsepipe.channel_pruning)
+    from sparsepipe.data import resolve_data  # heavy: cv2 (via sparsepipe.data)
 
     config = config or TrainConfig()
     tracker = tracker or Tracker()
@@ -180,22 +181,6 @@ def train(
         tracker.log_artifact(str(plot), "plots")
     result.write()
     return result
-
-
-def remove_truncated_checkpoints(folder: Path) -> list[Path]:
-    """Delete the ``.pt`` files in ``folder`` that are not complete zip archives (torch's format).
-
-    ultralytics saves ``last.pt``/``best.pt`` in place; a write cut by a full disk leaves a file a
-    later ``--resume`` would try (and fail with a misleading message) to load. Complete files stay.
-    """
-    import zipfile
-
-    removed = []
-    for path in sorted(Path(folder).glob("*.pt")) if Path(folder).is_dir() else []:
-        if not zipfile.is_zipfile(path):
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
 
 
 def _flat(config: TrainConfig) -> dict[str, Any]:

@@ -26,6 +26,7 @@ Local checkpoints written by sparsepipe (train, sparsify, QAT) pass the scan wit
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import contextvars
 import functools
@@ -246,7 +247,7 @@ def _allowed(name: str) -> bool:
 
 
 def _is_torch_constant(attr: str) -> bool:
-    import torch
+    import torch  # heavy: torch
 
     value = getattr(torch, attr, None)
     return isinstance(value, (torch.dtype, torch.layout, torch.memory_format, torch.qscheme))
@@ -259,7 +260,7 @@ def _is_module_class(module: str, attr: str) -> bool:
     dependencies'), and only modules then present in ``sys.modules`` are looked at, so a pickle
     naming ``sparsepipe.__main__.X`` is refused instead of re-running the CLI during the scan.
     """
-    import torch
+    import torch  # heavy: torch
 
     _import_model_modules()
     obj = getattr(sys.modules[module], attr, None) if module in sys.modules else None
@@ -267,8 +268,11 @@ def _is_module_class(module: str, attr: str) -> bool:
 
 
 #: Modules defining the layers sparsepipe's checkpoints hold; imported (by us) before a scan.
+#: QAT checkpoints name ``sparsepipe.qat_modules.QATConv``...; those written before the QAT split
+#: name ``sparsepipe.qat.QATConv``, which the QAT step module still re-exports (so it is listed too).
 MODEL_MODULES = ("torch.nn", "torch.ao.nn.quantized", "torch.ao.nn.qat", "torch.ao.nn.intrinsic",
-                 "torch.ao.quantization", "ultralytics.nn.tasks", "sparsepipe.qat", "sparsepipe.splitfree")
+                 "torch.ao.quantization", "ultralytics.nn.tasks", "sparsepipe.qat_modules", "sparsepipe.qat",
+                 "sparsepipe.splitfree")
 
 
 @functools.cache
@@ -368,9 +372,7 @@ def _safe_objects(names: list[str]) -> list[tuple[object, str]]:
     class under an unguessable name, which ``BUILD`` needs), so torch's unpickler can create them
     but never call their constructor with data from the file.
     """
-    import builtins
-
-    import torch
+    import torch  # heavy: torch
 
     _import_model_modules()
     out: list[tuple[object, str]] = []
@@ -399,7 +401,7 @@ def enforcing_loads(path: str | os.PathLike[str]) -> Iterator[None]:
     if trust_requested() or Path(path).suffix.lower() not in PICKLE_SUFFIXES:
         yield
         return
-    import torch
+    import torch  # heavy: torch
 
     torch.serialization.add_safe_globals(_safe_objects(checkpoint_scan(path)[0]))
     previous = os.environ.get(FORCE_WEIGHTS_ONLY_ENV)
@@ -415,7 +417,7 @@ def enforcing_loads(path: str | os.PathLike[str]) -> Iterator[None]:
 
 def load_checkpoint(path: str | os.PathLike[str]) -> object:
     """``torch.load`` a checkpoint after :func:`check_checkpoint`, with the enforcing unpickler."""
-    import torch
+    import torch  # heavy: torch
 
     check_checkpoint(path)
     with enforcing_loads(path):

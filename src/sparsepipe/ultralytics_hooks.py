@@ -17,7 +17,12 @@ losses, metrics and learning rates into sparsepipe's run instead, under stable n
 from __future__ import annotations
 
 import math
+import os
+import zipfile
+from pathlib import Path
 from typing import Any, Callable
+
+from sparsepipe.errors import ConfigError, ModelError
 
 # Events sparsepipe relies on, in the order ultralytics fires them during ``train()``.
 # (ultralytics 8.4 declares an "optimizer_step" event but never fires it: code that must run
@@ -50,6 +55,7 @@ def strip_foreign_tracking(callbacks: dict[str, list[Callable]]) -> int:
 
 #: Environment variable that sets the CPU threads of training (default: every usable core).
 TRAIN_THREADS_ENV = "SPARSEPIPE_TRAIN_THREADS"
+ULTRALYTICS_DIR = "ultralytics"  # ultralytics' own run folder inside --out (plots, results.csv, weights/)
 
 
 def training_threads() -> int:
@@ -59,10 +65,6 @@ def training_threads() -> int:
     2-core machine is 1 thread: the second core idles while training (it also loads data in
     the main process on CPU). Measured here: see docs/benchmarks.md, "Training threads".
     """
-    import os
-
-    from sparsepipe.errors import ConfigError
-
     raw = os.environ.get(TRAIN_THREADS_ENV, "").strip()
     if raw:
         if not raw.isdigit() or int(raw) < 1:
@@ -80,13 +82,11 @@ def trainer_class(task: str) -> type:
     On the CPU it also trains with :func:`training_threads` threads instead of ultralytics'
     ``cores - 1``.
     """
-    from ultralytics.models.yolo.detect import DetectionTrainer
-    from ultralytics.models.yolo.segment import SegmentationTrainer
+    from ultralytics.models.yolo.detect import DetectionTrainer  # heavy: ultralytics
+    from ultralytics.models.yolo.segment import SegmentationTrainer  # heavy: ultralytics
 
     bases = {"detect": DetectionTrainer, "segment": SegmentationTrainer}
     if task not in bases:
-        from sparsepipe.errors import ModelError
-
         raise ModelError(
             f"Task '{task}' is not supported: sparsepipe trains detection and segmentation models "
             f"({', '.join(bases)}). Use a detection or -seg model config."
@@ -96,7 +96,7 @@ def trainer_class(task: str) -> type:
         bases[task].__init__(self, *args, **kwargs)
         strip_foreign_tracking(self.callbacks)
         if getattr(self.device, "type", "") == "cpu":
-            import torch
+            import torch  # heavy: torch
 
             torch.set_num_threads(training_threads())
 
@@ -155,3 +155,17 @@ def epoch_logger(tracker: Any) -> dict[str, Callable[[Any], None]]:
         tracker.log_metrics(epoch_metrics(trainer), step=int(trainer.epoch) + 1)
 
     return {"on_train_epoch_end": on_train_epoch_end, "on_fit_epoch_end": on_fit_epoch_end}
+
+
+def remove_truncated_checkpoints(folder: Path) -> list[Path]:
+    """Delete the ``.pt`` files in ``folder`` that are not complete zip archives (torch's format).
+
+    ultralytics saves ``last.pt``/``best.pt`` in place; a write cut by a full disk leaves a file a
+    later ``--resume`` would try (and fail with a misleading message) to load. Complete files stay.
+    """
+    removed = []
+    for path in sorted(Path(folder).glob("*.pt")) if Path(folder).is_dir() else []:
+        if not zipfile.is_zipfile(path):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

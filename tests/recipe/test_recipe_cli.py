@@ -25,7 +25,7 @@ def parse(argv):
 
 def test_validate_with_model_lists_tensors(monkeypatch):
     from recipe_helpers import build_model
-    import sparsepipe.recipe.cli as cli
+    import sparsepipe.recipe_cli as cli
 
     monkeypatch.setattr(cli, "_load_model", build_model)
     args = parse(["recipe", "validate", str(RECIPES / "yolov8n-pruned75.yaml"), "--model",
@@ -54,7 +54,7 @@ def test_validate_unknown_override_raises():
 
 def test_schedule_prints_and_plots(tmp_path, monkeypatch):
     from recipe_helpers import build_model
-    import sparsepipe.recipe.cli as cli
+    import sparsepipe.recipe_cli as cli
 
     monkeypatch.setattr(cli, "_load_model", build_model)
     png = tmp_path / "schedule.png"

@@ -9,14 +9,22 @@ beginning, ``end_epoch: -1`` means never ends. A modifier is active on ``[start,
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sparsepipe.recipe.yaml_io import TaggedModifier
-
 NEVER = -1.0  # the recipe value meaning "from the beginning" / "never ends"
+
+
+@dataclasses.dataclass
+class TaggedModifier:
+    """A ``!SomeModifier {...}`` mapping as read from YAML, before variables are applied."""
+
+    tag: str
+    fields: dict[str, Any]
+    line: int = 0
 
 
 class Modifier(BaseModel):

@@ -24,7 +24,7 @@ from pydantic import Field, field_validator, model_validator
 
 from sparsepipe.modifiers.base import Modifier
 from sparsepipe.modifiers.pruning import InterFunc, interpolate
-from sparsepipe.recipe.registry import register
+from sparsepipe.modifiers.registry import register
 
 Importance = Literal["l1", "l2", "bn_scale", "lamp"]
 MAX_RATIO = 0.95  # removing more leaves layers with a handful of channels

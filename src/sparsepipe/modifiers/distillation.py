@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from sparsepipe.modifiers.base import Modifier
-from sparsepipe.recipe.registry import register
+from sparsepipe.modifiers.registry import register
 
 
 @register("PerLayerDistillationModifier")

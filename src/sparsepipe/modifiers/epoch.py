@@ -8,7 +8,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from sparsepipe.modifiers.base import Modifier
-from sparsepipe.recipe.registry import register
+from sparsepipe.modifiers.registry import register
 
 
 @register("EpochRangeModifier")

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from sparsepipe.modifiers.base import Modifier
-from sparsepipe.recipe.registry import register
+from sparsepipe.modifiers.registry import register
 
 ULTRALYTICS_PARAM_GROUPS = {0: "biases (no weight decay)", 1: "conv/linear weights (decayed)",
                             2: "batch-norm weights (no weight decay)"}

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from sparsepipe.modifiers.base import Modifier, check_fraction
-from sparsepipe.recipe.registry import register
+from sparsepipe.modifiers.registry import register
 
 if TYPE_CHECKING:
     import torch
@@ -398,7 +398,7 @@ def _from_channels_last(flat: "torch.Tensor", shape: tuple[int, ...]) -> "torch.
 def magnitude_mask(tensor: "torch.Tensor", sparsity: float,
                    mask_type: str = "unstructured") -> "torch.Tensor":
     """Boolean keep-mask of ``tensor`` at ``sparsity`` (see the module docstring)."""
-    import torch
+    import torch  # heavy: torch
 
     check_fraction(float(sparsity), "sparsity")
     mask_type = normalize_mask_type(mask_type)
@@ -447,7 +447,7 @@ def magnitude_mask(tensor: "torch.Tensor", sparsity: float,
 def global_magnitude_masks(tensors: Mapping[str, "torch.Tensor"],
                            sparsity: float) -> dict[str, "torch.Tensor"]:
     """Keep-masks with one threshold over all tensors: exactly ``round(s * total)`` zeros."""
-    import torch
+    import torch  # heavy: torch
 
     check_fraction(float(sparsity), "sparsity")
     names = list(tensors)

@@ -28,8 +28,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sparsepipe.modifiers.base import Modifier
-from sparsepipe.recipe.errors import RecipeError
-from sparsepipe.recipe.registry import construct, register_factory
+from sparsepipe.errors import RecipeError
+from sparsepipe.modifiers.registry import construct, register_factory
 
 
 class QuantizationArgs(BaseModel):

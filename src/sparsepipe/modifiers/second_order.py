@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import Field, field_validator, model_validator
 
 from sparsepipe.modifiers.pruning import GMPruningModifier
-from sparsepipe.recipe.registry import register
+from sparsepipe.modifiers.registry import register
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -116,7 +116,7 @@ SECOND_ORDER_MODIFIERS = (OBSPruningModifier, MFACPruningModifier)
 # ------------------------------------------------------------------------------------------------
 def _blocks(flat: "torch.Tensor", block: int) -> "torch.Tensor":
     """[..., d] -> [..., n_blocks, block], zero-padded."""
-    import torch
+    import torch  # heavy: torch
 
     pad = (-flat.shape[-1]) % block
     if pad:
@@ -128,7 +128,7 @@ class BlockFisherInverse:
     """``F^-1`` of one tensor's block-diagonal empirical Fisher (Woodbury form, float64)."""
 
     def __init__(self, grads: "torch.Tensor | None", numel: int, block: int, damp: float) -> None:
-        import torch
+        import torch  # heavy: torch
 
         self.numel, self.block, self.damp = numel, block, damp
         self.G = None  # [n_blocks, m, block]
@@ -140,7 +140,7 @@ class BlockFisherInverse:
 
     def diag(self) -> "torch.Tensor":
         """Diagonal of ``F^-1``, flat [numel]."""
-        import torch
+        import torch  # heavy: torch
 
         if self.G is None:
             return torch.full((self.numel,), 1.0 / self.damp, dtype=torch.float64)
@@ -159,7 +159,7 @@ class BlockFisherInverse:
     def joint_correction(self, w: "torch.Tensor", pruned: "torch.Tensor", chunk: int = 2048) -> "torch.Tensor":
         """``dw`` with ``dw_P = -w_P`` that least increases the loss: per block
         ``-F^-1[:, P] (F^-1[P, P])^-1 w_P`` (P = every pruned weight of the block)."""
-        import torch
+        import torch  # heavy: torch
 
         wb = _blocks(w.double(), self.block)
         mb = _blocks(pruned.double(), self.block)
@@ -187,7 +187,7 @@ def second_order_prune(modifier: _SecondOrder, params: dict[str, "torch.Tensor"]
     None). Returns keep-masks with exactly ``round(s * numel)`` zeros per tensor (per-layer) or
     ``round(s * total)`` over all tensors (``global_sparsity``, one sparsity).
     """
-    import torch
+    import torch  # heavy: torch
 
     inverses, scores = {}, {}
     for name, p in params.items():

@@ -1,6 +1,6 @@
 """Recipe engine: load, evaluate, validate and schedule SparseML-format recipes.
 
-    python -m sparsepipe.recipe.cli validate recipes/yolov8n-pruned50.yaml --model yolov8n.yaml
+    sparsepipe recipe validate recipes/yolov8n-pruned50.yaml --model yolov8n.yaml
 
 Public API (what the training integration calls)::
 
@@ -15,9 +15,8 @@ The format is described in ``docs/recipes.md``; every user mistake raises
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from sparsepipe.modifiers.registry import build_modifier, known_tags
+from sparsepipe.recipe import schedule
 from sparsepipe.recipe.errors import (
     RecipeError,
     RecipeExpressionError,
@@ -25,39 +24,18 @@ from sparsepipe.recipe.errors import (
     RecipeValidationError,
     RecipeWarning,
 )
-
-# Attributes resolved on first use (PEP 562): the modifiers import sparsepipe.recipe.yaml_io
-# and sparsepipe.recipe.registry, so this package must not import them eagerly.
-_LAZY = {
-    "schedule": "sparsepipe.recipe.schedule",
-    "evaluate": "sparsepipe.recipe.expr",
-    "Recipe": "sparsepipe.recipe.recipe",
-    "Stage": "sparsepipe.recipe.recipe",
-    "iter_recipe_files": "sparsepipe.recipe.recipe",
-    "load_recipe": "sparsepipe.recipe.recipe",
-    "load_recipe_string": "sparsepipe.recipe.recipe",
-    "parse_recipe_args": "sparsepipe.recipe.recipe",
-    "recipe_from_data": "sparsepipe.recipe.recipe",
-    "build_modifier": "sparsepipe.recipe.registry",
-    "known_tags": "sparsepipe.recipe.registry",
-    "ModelIndex": "sparsepipe.recipe.validate",
-    "ValidationReport": "sparsepipe.recipe.validate",
-    "index_model": "sparsepipe.recipe.validate",
-    "match_selector": "sparsepipe.recipe.validate",
-    "resolve_pruning": "sparsepipe.recipe.validate",
-    "validate_recipe": "sparsepipe.recipe.validate",
-    "MAX_RECIPE_BYTES": "sparsepipe.recipe.yaml_io",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'sparsepipe.recipe' has no attribute {name!r}")
-    module = importlib.import_module(_LAZY[name])
-    value = module if name == "schedule" else getattr(module, name)
-    globals()[name] = value
-    return value
-
+from sparsepipe.recipe.expr import evaluate
+from sparsepipe.recipe.recipe import (
+    Recipe,
+    Stage,
+    iter_recipe_files,
+    load_recipe,
+    load_recipe_string,
+    parse_recipe_args,
+    recipe_from_data,
+)
+from sparsepipe.recipe.validate import ModelIndex, ValidationReport, index_model, match_selector, resolve_pruning, validate_recipe
+from sparsepipe.recipe.yaml_io import MAX_RECIPE_BYTES
 
 __all__ = [
     "MAX_RECIPE_BYTES",

@@ -28,15 +28,17 @@ from pathlib import Path
 from typing import Any
 
 from sparsepipe.modifiers.base import Modifier
+from sparsepipe.modifiers.lr import param_group_warning
+from sparsepipe.modifiers.registry import build_modifier, known_tags, lookup
 from sparsepipe.recipe.errors import RecipeError, RecipeExpressionError, RecipeSyntaxError
 from sparsepipe.recipe.expr import eval_body, evaluate, is_eval_string
-from sparsepipe.recipe.registry import build_modifier
 from sparsepipe.recipe.yaml_io import (
     TaggedModifier,
     dump_yaml,
     load_yaml,
     read_recipe_file,
 )
+from sparsepipe.results import atomic_write_text
 
 RecipeArgs = Mapping[str, Any] | str | None
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -106,8 +108,6 @@ class Recipe:
 
     def warnings(self) -> list[str]:
         """Things that load fine but deserve the user's attention."""
-        from sparsepipe.modifiers.lr import param_group_warning
-
         out = []
         text = param_group_warning(self.modifiers)
         if text:
@@ -132,8 +132,6 @@ class Recipe:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write :meth:`to_yaml` atomically to ``path``."""
-        from sparsepipe.results import atomic_write_text
-
         return atomic_write_text(path, self.to_yaml())
 
 
@@ -332,8 +330,6 @@ def _mapping_modifiers(value: dict[Any, Any], where: str) -> list[TaggedModifier
     field names ``start``, ``end``, ``update`` and ``targets`` are read as ``start_epoch``,
     ``end_epoch``, ``update_frequency`` and ``params``.
     """
-    from sparsepipe.recipe.registry import known_tags, lookup
-
     out = []
     for name, fields in value.items():
         if isinstance(fields, TaggedModifier) or not isinstance(name, str) or lookup(name) is None:

@@ -34,11 +34,13 @@ import warnings as _warnings
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from sparsepipe.errors import SparsepipeError
 from sparsepipe.modifiers.base import Modifier
 from sparsepipe.modifiers.distillation import PerLayerDistillationModifier
 from sparsepipe.modifiers.pruning import ALL, ALL_PRUNABLE, ConstantPruningModifier, GMPruningModifier
 from sparsepipe.modifiers.quantization import LegacyQuantizationModifier, QuantizationModifier
 from sparsepipe.recipe.errors import RecipeValidationError, RecipeWarning
+from sparsepipe.recipe.rules import channel_modifier, unmatched_selectors
 
 if TYPE_CHECKING:
     import torch
@@ -62,7 +64,7 @@ class ModelIndex:
 
     @classmethod
     def from_module(cls, model: "torch.nn.Module") -> "ModelIndex":
-        import torch
+        import torch  # heavy: torch
 
         params = {n: tuple(p.shape) for n, p in model.named_parameters()}
         modules: dict[str, str] = {}
@@ -257,9 +259,6 @@ def validate_recipe(recipe: "Recipe", model: "torch.nn.Module | ModelIndex",
                                     f"'{kind}' (classes: {', '.join(sorted(index.class_names))})")
             rep.targets = {k: mod.as_scheme() for k in (mod.submodules or ["(whole model)"])}
         elif type(mod).__name__ == "ChannelPruningModifier":
-            from sparsepipe.channel_pruning import channel_modifier, unmatched_selectors
-            from sparsepipe.errors import SparsepipeError
-
             try:
                 channel_modifier(recipe)  # one of them; GMP/QAT only after it (shapes change)
             except SparsepipeError as exc:

@@ -12,7 +12,6 @@ are built), and recursive aliases are refused. Duplicate keys in one mapping are
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 from pathlib import Path
@@ -20,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from sparsepipe.modifiers.base import TaggedModifier
+from sparsepipe.modifiers.registry import known_tags, lookup
 from sparsepipe.recipe.errors import RecipeSyntaxError
 
 MAX_RECIPE_BYTES = 1_000_000
@@ -27,15 +28,6 @@ MAX_NODES = 200_000
 
 _COMMENT_RE = re.compile(r"\A\s*<!--.*?-->", re.DOTALL)
 _FENCE_RE = re.compile(r"^---[ \t]*$", re.MULTILINE)
-
-
-@dataclasses.dataclass
-class TaggedModifier:
-    """A ``!SomeModifier {...}`` mapping as read from YAML, before variables are applied."""
-
-    tag: str
-    fields: dict[str, Any]
-    line: int = 0
 
 
 def read_recipe_file(path: str | os.PathLike) -> str:
@@ -86,8 +78,6 @@ def front_matter(text: str, source: str) -> str:
 
 
 def _unknown_tag(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
-    from sparsepipe.recipe.registry import known_tags
-
     line = node.start_mark.line + 1 if node.start_mark else "?"
     raise RecipeSyntaxError(
         f"{loader.source}: line {line}: unknown YAML tag '{node.tag}'. Recipes may only tag "
@@ -97,8 +87,6 @@ def _unknown_tag(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
 
 
 def _modifier_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> TaggedModifier:
-    from sparsepipe.recipe.registry import known_tags, lookup
-
     line = node.start_mark.line + 1 if node.start_mark else 0
     if lookup(suffix) is None:
         raise RecipeSyntaxError(
@@ -249,8 +237,6 @@ def _dashless_modifier(text: str) -> tuple[int, str] | None:
     A widely copied guide writes modifier lists without dashes; YAML then fails at the second
     tag with a confusing message, so the loader names the real problem instead.
     """
-    from sparsepipe.recipe.registry import lookup
-
     for number, line in enumerate(text.splitlines(), start=1):
         match = _TAG_LINE_RE.match(line)
         if match and lookup(match.group(1)) is not None:
