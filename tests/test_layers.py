@@ -26,8 +26,10 @@ ROOTS = [(REPO / "src", "sparsepipe"), (REPO, "components")]
 # Top to bottom. A module belongs to the first layer whose pattern matches it.
 LAYERS = [
     # what a user or Kubeflow calls: argument parsing and adapters, one call into a step each
+    # (config_flags: the flags of a step config, shared by the argument parsers)
     Layer("front ends", ("components", "components.*", "sparsepipe.__main__", "sparsepipe.cli",
-                         "sparsepipe.kfp_support", "sparsepipe.serving_cli", "sparsepipe.recipe_cli")),
+                         "sparsepipe.kfp_support", "sparsepipe.serving_cli", "sparsepipe.recipe_cli",
+                         "sparsepipe.config_flags")),
     # runs every step in order (make demo): the one module allowed to call them all
     Layer("orchestration", ("sparsepipe.demo",)),
     # one module per verb: a config and one function; see ALLOWED_CALLS for steps that run others
@@ -48,9 +50,10 @@ LAYERS = [
     # the only code that loads ultralytics models and wraps its trainer
     Layer("ultralytics integration", ("sparsepipe.models", "sparsepipe.ultralytics_hooks")),
     # S3, MLflow tracking and the MLflow model registry (below the integration: a model reference
-    # may be s3:// or models:/, resolved before ultralytics loads it)
+    # may be s3:// or models:/, resolved before ultralytics loads it); a recipe named by path, shipped
+    # name or s3:// URI found as a local file (recipe_lookup: it downloads through storage)
     Layer("storage / tracking", ("sparsepipe.storage", "sparsepipe.tracking", "sparsepipe.registry",
-                                 "sparsepipe.mlflow_model")),
+                                 "sparsepipe.mlflow_model", "sparsepipe.recipe_lookup")),
     # parse, evaluate, validate and schedule recipes
     Layer("recipe", ("sparsepipe.recipe", "sparsepipe.recipe.*")),
     # typed, validated modifier models and their tag registry

@@ -5,7 +5,9 @@
 The policy (:class:`~sparsepipe.registry.ChampionPolicy`, :func:`~sparsepipe.registry.choose_champion`)
 and the registration (:func:`~sparsepipe.registry.register_model`) live in :mod:`sparsepipe.registry`;
 this step reads the variants' results the way the report does (:mod:`sparsepipe.report`) and
-registers the winner's ONNX. The Kubeflow report component calls it.
+registers the winner's ONNX. :func:`register_report_champion` does it for a finished report step
+(linked to its MLflow run, noted in its report and result.json): what ``sparsepipe report
+--register-model NAME`` and the Kubeflow report component run.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sparsepipe.registry import REGISTRY_PREFIX, ChampionPolicy, choose_champion, register_model
+from sparsepipe.registry import REGISTRY_PREFIX, ChampionPolicy, RegistryError, choose_champion, register_model
 from sparsepipe.report import add_relative_metrics, collect_variants
-from sparsepipe.results import read_result
+from sparsepipe.results import StepResult, atomic_write_text, read_result
+
+__all__ = ["register_champion", "register_report_champion"]
 
 
 def register_champion(
@@ -56,3 +60,41 @@ def register_champion(
                         experiment=experiment, variant=winner, tags=tags, description=reason)
     ref = f"{REGISTRY_PREFIX}{name}@{alias}" if alias else f"{REGISTRY_PREFIX}{name}/{mv.version}"
     return {"variant": winner, "version": str(mv.version), "uri": ref, "reason": reason, "model": str(onnx[winner])}
+
+
+def register_report_champion(
+    report_result: StepResult,
+    name: str,
+    *,
+    alias: str = "champion",
+    policy: ChampionPolicy | None = None,
+    tracker: Any,
+) -> dict[str, Any]:
+    """Register the champion among a report's variants, linked to the report step's MLflow run.
+
+    What ``sparsepipe report --register-model NAME`` and the Kubeflow report component do after
+    :func:`sparsepipe.report.report`: :func:`register_champion` over the report's ``results``
+    (the run of ``tracker`` holds the registered files), tag that run with the registered URI,
+    version and champion, append a "Registered model" section to ``report.md`` and keep the
+    choice in ``report_result.extra["registered"]`` (result.json rewritten). Returns that choice.
+    """
+    run_id = str(getattr(tracker, "run_id", "") or "")
+    if not run_id:
+        raise RegistryError(
+            f"Registering the champion as '{name}' needs MLflow tracking (the model version is logged in the "
+            f"report's run): drop --no-track, or leave --register-model out."
+        )
+    policy = policy or ChampionPolicy()
+    registered = register_champion(list(report_result.config.get("results") or []), name, alias=alias,
+                                   run_id=run_id, tracking_uri=getattr(tracker, "tracking_uri", None),
+                                   policy=policy)
+    tracker.set_tags({"sparsepipe.registered": registered["uri"],
+                      "sparsepipe.registered_version": registered["version"],
+                      "sparsepipe.champion": registered["variant"]})
+    markdown = report_result.path("markdown")
+    note = (f"\n## Registered model\n\n`{registered['uri']}` = version {registered['version']}: "
+            f"{registered['reason']}.\n")
+    atomic_write_text(markdown, markdown.read_text() + note)
+    report_result.extra["registered"] = registered
+    report_result.write()
+    return registered

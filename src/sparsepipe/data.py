@@ -1129,13 +1129,14 @@ def _check_out_dir(out: Path) -> None:
 
 
 def prepare_data(source: str | os.PathLike, out: str | os.PathLike,
-                 config: DataConfig | None = None) -> StepResult:  # fmt: skip
+                 config: DataConfig | None = None, tracker: Any = None) -> StepResult:  # fmt: skip
     """The data step: materialize SOURCE as a self-contained dataset in ``out``.
 
     Writes ``out/data.yaml`` (splits relative to it, no ``path:``), ``out/images/<split>``,
     ``out/labels/<split>`` and ``out/result.json``. The dataset is built in a temporary sibling
     folder and renamed into place, so an interrupted step never leaves a half dataset at ``out``;
-    re-running replaces an earlier result.
+    re-running replaces an earlier result. ``tracker`` (a :class:`sparsepipe.tracking.Tracker`)
+    gets the params ``data.source`` (redacted) and ``data.validate``, the metrics and ``data.yaml``.
     """
     config = config or DataConfig()
     out = Path(out).expanduser().absolute()
@@ -1187,4 +1188,8 @@ def prepare_data(source: str | os.PathLike, out: str | os.PathLike,
         },
     )
     result.write()
+    if tracker is not None:
+        tracker.log_params({"data.source": step_config["source"], "data.validate": config.validate})
+        tracker.log_metrics(result.metrics)
+        tracker.log_artifact(str(result.path("data_yaml")), "data")
     return result

@@ -36,19 +36,19 @@ class DemoConfig:
     """Defaults sized to finish in a few minutes on 2 CPU cores."""
 
     model: str = "yolov8n.yaml"  # ultralytics config trained from scratch (no downloads)
-    data: str = "synthetic:preset=demo"  # generated shapes: 256 train / 128 val images, 3 classes
-    epochs: int = 30  # see docs/benchmarks.md "make demo" for the measured curve and time
+    data: str = "synthetic:preset=demo"  # dataset SOURCE as for `data --source`; the preset: 256 train / 128 val images, 3 classes
+    epochs: int = 30  # baseline training epochs (measured curve and time: docs/benchmarks.md "make demo")
     imgsz: int = 160  # train, export and benchmark size (pixels)
     batch: int = 8  # training batch
     nbs: int = 8  # ultralytics' nominal batch: = batch, so every batch is an optimizer step (64 would
     #               accumulate 8 batches: 4 steps an epoch on 256 images)
     iterations: int = 200  # timed benchmark iterations
     threads: int = 2  # benchmark intra-op threads (all cores of a 2-core laptop/CI)
-    recipe: str = "recipes/yolov8n-pruned50.yaml"  # pruning recipe for the second variant ("" = skip)
-    recipe_args: str = "num_epochs=8,pruning_start_epoch=0,pruning_end_epoch=5"  # shortened for the demo
+    recipe: str = "recipes/yolov8n-pruned50.yaml"  # pruning recipe of the second variant ("" = skip it)
+    recipe_args: str = "num_epochs=8,pruning_start_epoch=0,pruning_end_epoch=5"  # recipe overrides: shortened for the demo
     quantize: bool = True  # add "<variant>-int8": PTQ of the pruned model (calibrated INT8 ONNX)
-    val_every_epoch: bool = True  # False: ultralytics validates only after the last epoch (~1.4 s an
-    #                               epoch saved, but no best.pt choice: last.pt scored mAP50 0.57 vs 0.71)
+    val_every_epoch: bool = True  # validate every epoch, so best.pt can be chosen; False: only after the last
+    #                               epoch (~1.4 s an epoch saved, but last.pt scored mAP50 0.57 vs 0.71)
 
     def training_extra(self) -> dict:
         """ultralytics arguments of the demo's two trainings."""

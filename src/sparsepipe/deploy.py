@@ -46,7 +46,7 @@ class DeployConfig:
     """Settings of the InferenceService ``sparsepipe deploy`` writes."""
 
     name: str  # InferenceService name (DNS-1123 label, at most 63 characters)
-    namespace: str = "kubeflow-user-example-com"  # Kubeflow's default profile namespace
+    namespace: str = "kubeflow-user-example-com"  # Kubernetes namespace; the default is Kubeflow's default profile's
     image: str = dataclasses.field(default_factory=_default_image)  # the CPU image, pinned tag
     engine: str = "onnxruntime"  # engine inside the container (onnxruntime or openvino)
     cpu: str = "2"  # CPU request (also the engine's intra-op threads are sized for it)
@@ -59,11 +59,11 @@ class DeployConfig:
     secret_keys: tuple[str, str] | None = None  # (access key, secret key) names inside `secret`; None = envFrom
     tracking_uri: str = "http://mlflow.kubeflow:5000"  # MLflow for models:/ URIs (the name its --allowed-hosts lists)
     s3_endpoint: str = "http://seaweedfs.kubeflow:8333"  # S3 endpoint (KFP's SeaweedFS) ('' = AWS)
-    min_replicas: int = 1
-    max_replicas: int = 1
+    min_replicas: int = 1  # KServe minReplicas
+    max_replicas: int = 1  # KServe maxReplicas
     service_account: str = ""  # pod service account ('' = the namespace default)
     initial_delay_s: int = 5  # seconds before the first probe
-    startup_failures: int = 60  # x 5 s: time allowed to download and load the model
+    startup_failures: int = 60  # startup probe failures allowed, every 5 s: time to download and load the model
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or len(self.name) > 63 or not DNS_1123.match(self.name):

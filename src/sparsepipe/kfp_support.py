@@ -31,15 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from sparsepipe import storage
-from sparsepipe.champion import register_champion
-from sparsepipe.core import cache as core_cache
+from sparsepipe.champion import register_report_champion
 from sparsepipe.errors import ConfigError
 from sparsepipe.evaluate import EvaluateConfig, evaluate
 from sparsepipe.export import ExportConfig, export_onnx
 from sparsepipe.quantize import QuantizeConfig, quantize
+from sparsepipe.recipe_lookup import IMAGE_RECIPES_DIR, resolve_recipe  # noqa: F401 - re-exported (shared with the CLI)
 from sparsepipe.registry import ChampionPolicy
 from sparsepipe.report import ReportConfig, report
-from sparsepipe.results import StepResult, atomic_copy, atomic_write_text, inherited_variant
+from sparsepipe.results import StepResult, atomic_copy, inherited_variant
 from sparsepipe.sparsify import SparsifyConfig, sparsify
 from sparsepipe.storage import publish
 from sparsepipe.tracking import Tracker, TrackingError, resolve_tracker
@@ -368,14 +368,8 @@ def run_data(source: str, out: str, context: str = "", validate: bool = True) ->
     """The data step into the artifact folder ``out`` (``Output[Dataset].path``)."""
     from sparsepipe.data import DataConfig, prepare_data  # heavy: cv2 (via sparsepipe.data)
 
-    def call(tracker: Any) -> StepResult:
-        result = prepare_data(source, out, DataConfig(validate=validate, progress=False))
-        tracker.log_params({"data.source": result.config.get("source", ""), "data.validate": validate})
-        tracker.log_metrics(result.metrics)
-        tracker.log_artifact(str(result.path("data_yaml")), "data")
-        return result
-
-    return _run("data", "", context, call)
+    return _run("data", "", context,
+                lambda tracker: prepare_data(source, out, DataConfig(validate=validate, progress=False), tracker))
 
 
 def run_train(model: str, data: str, out: str, context: str = "", *, epochs: int = 30, imgsz: int = 320,
@@ -392,43 +386,6 @@ def run_train(model: str, data: str, out: str, context: str = "", *, epochs: int
     return _run("train", variant, context, lambda tracker: train(model, data, out, config, tracker))
 
 
-#: Where recipe paths that are not found as given are looked up, in order: ``$SPARSEPIPE_RECIPES_DIR``,
-#: the images' ``/opt/sparsepipe/recipes``, and the source checkout's ``recipes/`` (kfp.local).
-IMAGE_RECIPES_DIR = "/opt/sparsepipe/recipes"
-
-
-def _recipe_dirs() -> list[Path]:
-    dirs = [os.environ.get("SPARSEPIPE_RECIPES_DIR", "").strip(), IMAGE_RECIPES_DIR,
-            str(Path(__file__).resolve().parents[2] / "recipes")]
-    return [Path(d) for d in dirs if d]
-
-
-def resolve_recipe(recipe: str, cache_dir: Path | None = None) -> str:
-    """A local recipe file for ``recipe``: an ``s3://`` URI (downloaded, cached), a path, or a name under a recipe dir.
-
-    ``recipes/yolov8n-pruned50.yaml`` and ``yolov8n-pruned50.yaml`` both find the shipped recipe.
-    """
-    recipe = str(recipe).strip()
-    if not recipe:
-        raise ConfigError("The recipe is empty: give recipes/<name>.yaml or an s3://bucket/key.yaml URI.")
-    if storage.is_s3_uri(recipe):
-        cache = cache_dir or core_cache.cache_dir("recipes")
-        return str(storage.localize(recipe, cache))
-    path = Path(recipe).expanduser()
-    if path.is_file():
-        return str(path)
-    tried = []
-    for root in _recipe_dirs():
-        for candidate in (root / recipe, root / path.name):
-            tried.append(str(candidate))
-            if candidate.is_file():
-                return str(candidate)
-    raise ConfigError(
-        f"Recipe '{recipe}' not found (tried it as given and {', '.join(dict.fromkeys(tried))}). Give a recipe "
-        f"shipped in the image (recipes/<name>.yaml), an s3://bucket/key.yaml URI, or set SPARSEPIPE_RECIPES_DIR."
-    )
-
-
 def run_sparsify(model: str, data: str, recipe: str, out: str, context: str = "", *, recipe_args: str = "",
                  imgsz: int = 320, batch: int = 16, accelerator: str = "", accelerator_count: str = "1",
                  workers: int = 2, seed: int = 0, max_epochs: int = 0, variant: str = "pruned") -> StepResult:
@@ -441,14 +398,9 @@ def run_sparsify(model: str, data: str, recipe: str, out: str, context: str = ""
                             workers=_int(workers), seed=_int(seed), max_epochs=_int(max_epochs) or None,
                             variant=variant or "pruned")
     args = recipe_args if isinstance(recipe_args, dict) else (str(recipe_args or "").strip() or None)
-
-    def call(tracker: Any) -> StepResult:
-        result = sparsify(model, data, resolve_recipe(recipe), out, config, recipe_args=args, tracker=tracker)
-        result.config["recipe"] = recipe  # the name/URI the pipeline was given, not the cache path
-        result.write()
-        return result
-
-    return _run("sparsify", config.variant, context, call)
+    # sparsify() finds the recipe itself (sparsepipe.recipe_lookup: a path, a name, s3://) and records it as given
+    return _run("sparsify", config.variant, context,
+                lambda tracker: sparsify(model, data, recipe, out, config, recipe_args=args, tracker=tracker))
 
 
 def run_quantize(model: str, data: str, out: str, context: str = "", *, calibration_images: int = 64,
@@ -503,26 +455,15 @@ def run_report(results: list[str], out: str, context: str = "", *, markdown_path
     """The report step over step folders; copies report.md/.html to the KFP artifact paths.
 
     ``register_model`` (a registered model name; "" = no registration, also when tracking is
-    off) registers the champion's ONNX (:func:`sparsepipe.champion.register_champion`: fastest
+    off) registers the champion's ONNX (:func:`sparsepipe.champion.register_report_champion`: fastest
     variant within ``max_accuracy_drop`` of the baseline's mAP50-95) and points ``alias`` at it;
     the choice is appended to the report and kept in ``result.extra["registered"]``.
     """
     def call(tracker: Any) -> StepResult:
         result = report(list(results), out, ReportConfig(baseline=baseline, title=title), tracker)
-        run_id = str(getattr(tracker, "run_id", "") or "")
-        if register_model and run_id:
-            registered = register_champion(
-                list(results), register_model, alias=alias, run_id=run_id,
-                tracking_uri=getattr(tracker, "tracking_uri", None),
-                policy=ChampionPolicy(baseline=baseline, max_accuracy_drop=float(max_accuracy_drop)))
-            tracker.set_tags({"sparsepipe.registered": registered["uri"],
-                              "sparsepipe.registered_version": registered["version"],
-                              "sparsepipe.champion": registered["variant"]})
-            note = (f"\n## Registered model\n\n`{registered['uri']}` = version {registered['version']}: "
-                    f"{registered['reason']}.\n")
-            atomic_write_text(result.path("markdown"), result.path("markdown").read_text() + note)
-            result.extra["registered"] = registered
-            result.write()
+        if register_model and getattr(tracker, "run_id", None):  # tracking off: nothing to register into
+            register_report_champion(result, register_model, alias=alias, tracker=tracker,
+                                     policy=ChampionPolicy(baseline=baseline, max_accuracy_drop=float(max_accuracy_drop)))
         for role, target in (("markdown", markdown_path), ("html", html_path)):
             if target:
                 atomic_copy(result.path(role), Path(target))

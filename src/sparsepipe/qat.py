@@ -29,6 +29,7 @@ from sparsepipe.qat_modules import (  # noqa: F401 - re-exported
     convert_for_export, fake_quantizers, is_prepared, prepare_qat_, qat_trainer_class, quant_modifier,
     resolve_scheme, set_qat_state, sync_ranges)
 from sparsepipe.recipe import load_recipe, parse_recipe_args
+from sparsepipe.recipe_lookup import resolve_recipe
 from sparsepipe.results import StepResult, check_out, claim_out
 from sparsepipe.sizes import file_sizes
 from sparsepipe.sparsify import SparsifyConfig, sparsify
@@ -102,7 +103,7 @@ def qat(model: str, data: str, recipe: str | None, out: str | Path, config: QATC
                 f"quantized). Pass the float (sparse) .pt checkpoint or its train/sparsify out folder.")
         if not recipe:
             raise SparsepipeError("QAT needs --recipe RECIPE with a !QuantizationModifier.")
-        loaded = load_recipe(recipe, recipe_args=parse_recipe_args(recipe_args))
+        loaded = load_recipe(resolve_recipe(recipe), recipe_args=parse_recipe_args(recipe_args))
         if quant_modifier(loaded) is None:
             raise SparsepipeError(f"The recipe {recipe} has no !QuantizationModifier: QAT needs one "
                                   f"(see recipes/yolov8n-quick-test.yaml), or use --method ptq.")

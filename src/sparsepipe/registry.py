@@ -355,7 +355,7 @@ class ChampionPolicy:
     """Which variant becomes the champion: the fastest within an accuracy budget (see module doc)."""
 
     baseline: str = "baseline"  # the reference variant; always eligible
-    accuracy_metric: str = "map50_95"  # higher is better
+    accuracy_metric: str = "map50_95"  # metric the accuracy budget applies to (higher is better)
     max_accuracy_drop: float = 0.05  # relative: 0.05 = at most 5 % below the baseline's accuracy
 
     def __post_init__(self) -> None:

@@ -25,6 +25,7 @@ from sparsepipe.errors import ConfigError, SparsepipeError
 from sparsepipe.evaluate import EvaluateConfig, evaluate
 from sparsepipe.limits import check_epochs, check_input_size
 from sparsepipe.models import count_params, load_yolo
+from sparsepipe.recipe_lookup import resolve_recipe
 from sparsepipe.results import (StepResult, atomic_copy, atomic_write_bytes, atomic_write_text, check_out,
                                 claim_out)
 from sparsepipe.results import RESULT_FILE
@@ -175,7 +176,7 @@ def sparsify(
             raise SparsepipeError("sparsify needs --recipe RECIPE (a .yaml/.md file); see recipes/ for examples.")
         start_from = None
         args = parse_recipe_args(recipe_args)
-        loaded = load_recipe(recipe, recipe_args=args)
+        loaded = load_recipe(resolve_recipe(recipe), recipe_args=args)  # a path, a shipped name or s3://
     epochs_needed = max(1, loaded.num_epochs)
     if config.max_epochs is not None and epochs_needed > config.max_epochs:
         raise SparsepipeError(
