@@ -39,7 +39,7 @@ LAYERS = [
     # session that drives them in training; data sources (the data step lives with them until
     # data.py is split); statistics; engines, benchmarking hardware probes and serving helpers
     Layer("algorithms / data / engines / serving", (
-        "sparsepipe.masks", "sparsepipe.channel_pruning", "sparsepipe.splitfree", "sparsepipe.distillation",
+        "sparsepipe.controllers", "sparsepipe.masks", "sparsepipe.channel_pruning", "sparsepipe.splitfree", "sparsepipe.distillation",
         "sparsepipe.qat_modules", "sparsepipe.qat_export", "sparsepipe.ptq", "sparsepipe.recipe_session",
         "sparsepipe.bootstrap", "sparsepipe.data", "sparsepipe.synthetic", "sparsepipe.hardware",
         "sparsepipe.deepsparse_engine", "sparsepipe.deepsparse_predict", "sparsepipe.image_input",
