@@ -35,9 +35,10 @@ LAYERS = [
                     "sparsepipe.export", "sparsepipe.evaluate", "sparsepipe.benchmark", "sparsepipe.report",
                     "sparsepipe.predict", "sparsepipe.serve", "sparsepipe.deploy", "sparsepipe.champion"),
           independent=True),
-    # what the steps are made of: pruning masks, channel pruning, distillation, QAT, PTQ, the recipe
-    # session that drives them in training; data sources (the data step lives with them until
-    # data.py is split); statistics; engines, benchmarking hardware probes and serving helpers
+    # what the steps are made of: the controller protocol + registry, pruning masks, channel pruning,
+    # distillation, QAT, PTQ, the recipe session that drives them in training; data sources (the data
+    # step lives with them until data.py is split); statistics; engines, benchmarking hardware probes
+    # and serving helpers
     Layer("algorithms / data / engines / serving", (
         "sparsepipe.controllers", "sparsepipe.masks", "sparsepipe.channel_pruning", "sparsepipe.splitfree", "sparsepipe.distillation",
         "sparsepipe.qat_modules", "sparsepipe.qat_export", "sparsepipe.ptq", "sparsepipe.recipe_session",
