@@ -37,12 +37,13 @@ LAYERS = [
                     "sparsepipe.export", "sparsepipe.evaluate", "sparsepipe.benchmark", "sparsepipe.report",
                     "sparsepipe.predict", "sparsepipe.serve", "sparsepipe.deploy", "sparsepipe.champion"),
           independent=True),
-    # what the steps are made of: pruning masks, channel pruning, distillation, QAT, PTQ, the recipe
-    # session that drives them in training; data sources (the data step lives with them until
-    # data.py is split); statistics; the engines package (every onnxruntime session, OpenVINO
-    # model and DeepSparse worker is opened there), benchmarking hardware probes and serving helpers
+    # what the steps are made of: the controller protocol + registry, pruning masks, channel pruning,
+    # distillation, QAT, PTQ, the recipe session that drives them in training; data sources (the data
+    # step lives with them until data.py is split); statistics; the engines package (every
+    # onnxruntime session, OpenVINO model and DeepSparse worker is opened there), benchmarking
+    # hardware probes and serving helpers
     Layer("algorithms / data / engines / serving", (
-        "sparsepipe.masks", "sparsepipe.channel_pruning", "sparsepipe.splitfree", "sparsepipe.distillation",
+        "sparsepipe.controllers", "sparsepipe.masks", "sparsepipe.channel_pruning", "sparsepipe.splitfree", "sparsepipe.distillation",
         "sparsepipe.qat_modules", "sparsepipe.qat_export", "sparsepipe.ptq", "sparsepipe.recipe_session",
         "sparsepipe.bootstrap", "sparsepipe.data", "sparsepipe.synthetic", "sparsepipe.hardware",
         "sparsepipe.engines", "sparsepipe.engines.*", "sparsepipe.image_input",

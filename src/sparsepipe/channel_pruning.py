@@ -23,17 +23,21 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from sparsepipe.controllers import Controller, TrainingContext, register_controller
 from sparsepipe.errors import SparsepipeError
 from sparsepipe.masks import MaskManager
 from sparsepipe.models import load_yolo
 from sparsepipe.modifiers.channel_pruning import ChannelPruningModifier
 from sparsepipe.recipe.rules import channel_modifier, channel_selector_matches, unmatched_selectors  # noqa: F401 - re-exported
+from sparsepipe.results import atomic_write_text
 from sparsepipe.splitfree import is_splitfree, to_splitfree  # noqa: F401 - is_splitfree re-exported
 from sparsepipe.torch_utils import unwrap
 
@@ -241,14 +245,24 @@ def rebuild_training_state(trainer: Any) -> None:
         trainer.ema.updates = updates
 
 
-class ChannelPruningController:
-    """Runs the recipe's channel-pruning steps inside training (callbacks) and stores its state."""
+# every sparsify run: its trainer keeps a channel-pruned checkpoint's architecture (inside QAT's, around distillation's)
+@register_controller(order=30, wrap_order=20)
+class ChannelPruningController(Controller):
+    """Runs the recipe's channel-pruning steps inside training (callbacks) and stores its state.
+
+    Created for every sparsify run: without a ``!ChannelPruningModifier`` it only keeps a channel-pruned
+    checkpoint's architecture (:func:`keep_architecture_trainer`) and reports its channels.
+    """
+
+    modifiers = (ChannelPruningModifier,)
+
+    @classmethod
+    def create(cls, context: TrainingContext) -> ChannelPruningController:
+        return cls(context.recipe, context.session, context.resume_state)
 
     def __init__(self, recipe: Any, session: Any, resume_state: dict[str, Any] | None = None) -> None:
         self.recipe = recipe
-        self.modifier = channel_modifier(recipe)
-        if self.modifier is None:
-            raise SparsepipeError("the recipe has no !ChannelPruningModifier")
+        self.modifier = channel_modifier(recipe)  # None: nothing to prune in this run
         self.session = session  # RecipeSession: fractional epoch, masks, tracker
         self.steps_done = int(((resume_state or {}).get(STATE_KEY) or {}).get("steps_done", 0))
         self.imgsz = 640
@@ -256,11 +270,29 @@ class ChannelPruningController:
         self.extra_hooks: list[Callable[[Any], None]] = []  # called after each rebuild
 
     def state(self) -> dict[str, Any]:
+        if self.modifier is None:
+            return {}
         return {STATE_KEY: {"steps_done": self.steps_done, "history": self.history}}
 
     def callbacks(self) -> dict[str, Callable[[Any], None]]:
+        if self.modifier is None:
+            return {}
         return {"on_train_start": self.on_train_start, "on_train_batch_start": self.maybe_prune,
                 "on_train_epoch_end": self.maybe_prune}
+
+    def trainer_class(self, base: type, task: str) -> type:
+        # a channel-pruned checkpoint keeps its own architecture; a channel-pruning run goes split-free
+        return keep_architecture_trainer(base, convert=self.modifier is not None)
+
+    def results(self, model: Any, out: Any, imgsz: int) -> tuple[dict[str, float], dict[str, str]]:
+        """Channel-pruned (split-free) model: GMACs, channel ratio and ``channels.json`` (per-layer channels)."""
+        if not is_splitfree(model):
+            return {}, {}
+        macs, _ = macs_and_params(model, imgsz)
+        metrics = {"gmacs": round(macs / 1e9, 6), "channel_ratio": round(channel_ratio(model), 4)}
+        path = atomic_write_text(Path(out) / "channels.json", json.dumps(
+            {"imgsz": imgsz, "history": self.history, "layers": channel_table(model)}, indent=2) + "\n")
+        return metrics, {"channels": str(path)}
 
     def on_train_start(self, trainer: Any) -> None:
         self.imgsz = int(trainer.args.imgsz)

@@ -2,9 +2,10 @@
 
     sparsepipe sparsify --model runs/train --data synthetic --recipe tests/sparsify/distill-layers.yaml --teacher self --out runs/distilled
 
-:class:`DistillationSession` is built by the sparsify step when the recipe has distillation
-modifiers (``DistillationSession.create(recipe, yolo, teacher, tracker)``); its
-``trainer_class(task)`` is passed to ``YOLO.train(trainer=...)``. Only documented extension
+:class:`DistillationController` (a :class:`~sparsepipe.controllers.Controller`) builds a
+:class:`DistillationSession` when the recipe has distillation modifiers
+(``DistillationSession.create(recipe, yolo, teacher, tracker)``); the session's
+``trainer_class(task)`` is the innermost trainer passed to ``YOLO.train(trainer=...)``. Only documented extension
 points are used: a trainer subclass (``get_model``, ``build_optimizer``) and callbacks.
 
 * Teacher (:func:`resolve_teacher`): a checkpoint path or step ``--out`` folder, an MLflow
@@ -36,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparsepipe.controllers import Controller, TrainingContext, register_controller
 from sparsepipe.errors import SparsepipeError
 from sparsepipe.models import load_yolo
 from sparsepipe.modifiers.distillation import (
@@ -44,6 +46,7 @@ from sparsepipe.modifiers.distillation import (
     PerLayerDistillationModifier,
 )
 from sparsepipe.recipe.schedule import active_distillation
+from sparsepipe.splitfree import is_splitfree
 from sparsepipe.ultralytics_hooks import trainer_class
 
 TEACHER_SELF = "self"  # --teacher self: a frozen copy of the starting model
@@ -268,12 +271,13 @@ class DistillationSession:
             "on_train_epoch_end": self.on_train_epoch_end,
         }
 
-    def trainer_class(self, task: str) -> type:
-        """Subclass of sparsepipe's trainer for ``task`` that trains the student with distillation."""
+    def trainer_class(self, task: str, base: type | None = None) -> type:
+        """Subclass of ``base`` (default: sparsepipe's trainer for ``task``) that trains the student
+        with distillation (its ``get_model`` builds the model: nothing inside it may build another)."""
         from ultralytics.nn.tasks import DetectionModel, SegmentationModel  # heavy: ultralytics
         from ultralytics.utils import RANK  # heavy: ultralytics
 
-        base = trainer_class(task)
+        base = base or trainer_class(task)
         model_class = distilling_model_class({"detect": DetectionModel, "segment": SegmentationModel}[task])
         session = self
 
@@ -393,3 +397,36 @@ class DistillationSession:
         self._sum = detached if self._sum is None else self._sum + detached
         self._count += 1
         return total, items
+
+
+# ---------------------------------------------------------------------------------- sparsify
+@register_controller(order=10, wrap_order=10)  # its trainer is the innermost: it builds the student
+class DistillationController(Controller):
+    """Distillation in a sparsify run: the :class:`DistillationSession` and its trainer class.
+
+    The session's epoch callbacks are registered by that trainer (after every other callback), so
+    :meth:`callbacks` is empty; nothing is stored in checkpoints (a resumed run rebuilds the session
+    from the stored teacher reference).
+    """
+
+    modifiers = DISTILLATION_MODIFIERS
+
+    def __init__(self, session: DistillationSession) -> None:
+        self.session = session
+
+    @classmethod
+    def create(cls, context: TrainingContext) -> DistillationController | None:
+        if not context.recipe.modifiers_of(*cls.modifiers):
+            return None
+        # The teacher sparsify resolved to validate the recipe is reused, not loaded (or deep-copied) again.
+        session = DistillationSession.create(context.recipe, context.yolo, context.teacher, context.tracker,
+                                             teacher_model=context.teacher_model)
+        if is_splitfree(context.yolo.model):
+            raise SparsepipeError(
+                f"'{context.model}' is channel-pruned; distillation rebuilds the student from its YAML and does not "
+                f"support pruned architectures yet. Distill before channel pruning, or drop the distillation "
+                f"modifiers from this recipe.")
+        return cls(session)
+
+    def trainer_class(self, base: type, task: str) -> type:
+        return self.session.trainer_class(task, base)

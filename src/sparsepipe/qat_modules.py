@@ -27,6 +27,7 @@ from torch import nn
 from ultralytics.nn.modules.block import Bottleneck
 from ultralytics.nn.modules.conv import Conv, DWConv
 
+from sparsepipe.controllers import Controller, TrainingContext, register_controller
 from sparsepipe.errors import SparsepipeError
 from sparsepipe.modifiers.quantization import QUANTIZATION_MODIFIERS, QuantizationScheme
 from sparsepipe.recipe.schedule import qat_state
@@ -357,8 +358,28 @@ def sync_ranges(src: nn.Module, dst: nn.Module) -> None:
 
 
 # ------------------------------------------------------------------------------ training integration
-class QATController:
+@register_controller(order=20, wrap_order=30)  # its trainer wraps last: it prepares whatever model the others build
+class QATController(Controller):
     """Prepares the trained model and follows the recipe's QAT schedule through callbacks."""
+
+    modifiers = QUANTIZATION_MODIFIERS
+
+    @classmethod
+    def check(cls, context: TrainingContext) -> None:
+        quant_modifier(context.recipe)  # more than one QuantizationModifier is an error
+        if not context.resume and is_prepared(context.yolo.model):
+            raise SparsepipeError(
+                f"'{context.model}' is already quantized (it holds fake-quantization modules from a QAT run): "
+                f"pruning or quantizing it again is not supported. Start from the float (sparse) "
+                f"checkpoint the QAT run started from, or export this one with `sparsepipe quantize`."
+            )
+
+    @classmethod
+    def create(cls, context: TrainingContext) -> QATController | None:
+        return cls(context.recipe, context.session) if quant_modifier(context.recipe) is not None else None
+
+    def trainer_class(self, base: type, task: str) -> type:
+        return qat_trainer_class(base, self)
 
     def __init__(self, recipe: Any, session: Any) -> None:
         self.recipe = recipe

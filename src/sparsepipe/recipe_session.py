@@ -10,6 +10,10 @@ weight decay the recipe asks for. Masks are enforced by a torch optimizer post-s
 whenever they change. The recipe, its overrides, the epoch and the schedule state are written
 into ``last.pt``/``best.pt`` after each save, so a killed run resumes where it stopped.
 
+The session is the first :class:`~sparsepipe.controllers.Controller` of every sparsify run (the
+others read its fractional epoch); :func:`create_controllers` adds the registered controllers the
+recipe needs (distillation, QAT, channel pruning, any other registered one).
+
 Learning rate: when the recipe has an LR modifier, ultralytics' warm-up is switched off
 (``warmup_epochs=0``; recipes carry their own warm-up) and, for every batch an LR modifier
 covers, the recipe's value overwrites the per-epoch value of ultralytics' scheduler. Outside
@@ -23,7 +27,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sparsepipe import __version__
+from sparsepipe.controllers import Controller, TrainingContext, check_covered, registered
 from sparsepipe.masks import MaskManager, overall_sparsity, sparsity_table
+from sparsepipe.modifiers.epoch import EpochRangeModifier
+from sparsepipe.modifiers.lr import LR_MODIFIERS, SetWeightDecayModifier
+from sparsepipe.modifiers.pruning import PRUNING_MODIFIERS
 from sparsepipe.recipe import schedule
 from sparsepipe.results import atomic_write_with
 from sparsepipe.torch_utils import unwrap
@@ -48,8 +56,30 @@ def write_checkpoint_state(path: str | Path, state: dict[str, Any]) -> None:
     atomic_write_with(path, lambda tmp: torch.save(ckpt, tmp))
 
 
-class RecipeSession:
-    """The recipe's lifecycle during one ultralytics ``train()`` call."""
+def load_controllers() -> list[type[Controller]]:
+    """Every registered controller class by order, once the built-in ones are imported (and registered)."""
+    from sparsepipe import channel_pruning, distillation, qat_modules  # noqa: F401  # heavy: torch, ultralytics (importing them registers their controllers)
+
+    return registered()
+
+
+def create_controllers(context: TrainingContext) -> list[Controller]:
+    """``[context.session, ...]``: the recipe session, then each registered controller this run needs, by order.
+
+    The session stores each controller's :meth:`~Controller.state` in every checkpoint. A recipe
+    modifier that no controller runs is refused (training would silently ignore it).
+    """
+    classes = load_controllers()
+    check_covered(context.recipe, RecipeSession.modifiers)
+    made = [c for c in (cls.create(context) for cls in classes) if c is not None]
+    context.session.state_hooks.extend(c.state for c in made)
+    return [context.session, *made]
+
+
+class RecipeSession(Controller):
+    """The recipe's lifecycle during one ultralytics ``train()`` call: pruning masks, LR, weight decay."""
+
+    modifiers = (*PRUNING_MODIFIERS, *LR_MODIFIERS, SetWeightDecayModifier, EpochRangeModifier)
 
     def __init__(self, recipe: Any, recipe_args: dict[str, Any] | None = None, tracker: Any = None,
                  resume_state: dict[str, Any] | None = None) -> None:
@@ -64,8 +94,7 @@ class RecipeSession:
         self.last_lrs: list[float] = []
         self._epoch_ended = False
         self._saved_mtimes: dict[str, float] = {}
-        self.extra_callbacks: dict[str, list[Callable[[Any], None]]] = {}
-        # functions returning more state to store in checkpoints (e.g. QAT: the model is prepared)
+        # functions returning more state to store in checkpoints (sparsify: the run, each controller's state)
         self.state_hooks: list[Callable[[], dict[str, Any]]] = []
 
     # ------------------------------------------------------------------ helpers

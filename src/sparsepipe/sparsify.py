@@ -4,9 +4,10 @@
 
 Steps: load + validate the recipe against the model (every error before any training),
 train with ultralytics for the recipe's length while :class:`~sparsepipe.recipe_session.RecipeSession`
-drives masks and learning rate, then publish the *final* checkpoint (``last.pt``, not the
-"best" epoch, which may predate pruning) as ``<out>/model.pt`` with the recipe state in it,
-evaluate it, and write the per-layer sparsity table and bar chart.
+drives masks and learning rate and the registered controllers (:mod:`sparsepipe.controllers`:
+distillation, QAT, channel pruning...) run the other modifier families, then publish the *final*
+checkpoint (``last.pt``, not the "best" epoch, which may predate pruning) as ``<out>/model.pt``
+with the recipe state in it, evaluate it, and write the per-layer sparsity table and bar chart.
 ``--resume`` continues a killed run from ``<out>/ultralytics/weights/last.pt`` with the model, data,
 teacher and settings the run started with (stored in the checkpoint; the call's own are ignored), so
 everything it reports comes from the original run. A finished run is refused and left unchanged.
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from sparsepipe.controllers import TrainingContext
 from sparsepipe.errors import ConfigError, SparsepipeError
 from sparsepipe.evaluate import EvaluateConfig, evaluate
 from sparsepipe.limits import check_epochs, check_input_size
@@ -152,7 +154,7 @@ def sparsify(
     from sparsepipe.data import resolve_data  # heavy: cv2 (via sparsepipe.data)
     from sparsepipe.masks import overall_sparsity, sparsity_table  # heavy: pydantic (via sparsepipe.masks)
     from sparsepipe.recipe import load_recipe, load_recipe_string, parse_recipe_args, validate_recipe  # heavy: pydantic (via sparsepipe.recipe)
-    from sparsepipe.recipe_session import RecipeSession, write_checkpoint_state  # heavy: pydantic (via sparsepipe.recipe_session)
+    from sparsepipe.recipe_session import RecipeSession, create_controllers, load_controllers, write_checkpoint_state  # heavy: pydantic, torch (via sparsepipe.recipe_session)
 
     config = config or SparsifyConfig()
     tracker = tracker or Tracker()
@@ -186,65 +188,31 @@ def sparsify(
         )
     data_yaml = resolve_data(data)
     yolo = load_yolo(str(start_from) if start_from else model)
-    from sparsepipe.qat_modules import is_prepared, quant_modifier  # heavy: pydantic, torch, ultralytics (via sparsepipe.qat_modules)
-
-    quant = quant_modifier(loaded)
-    if not resume and is_prepared(yolo.model):
-        raise SparsepipeError(
-            f"'{model}' is already quantized (it holds fake-quantization modules from a QAT run): "
-            f"pruning or quantizing it again is not supported. Start from the float (sparse) "
-            f"checkpoint the QAT run started from, or export this one with `sparsepipe quantize`."
-        )
+    context = TrainingContext(recipe=loaded, yolo=yolo, model=model, tracker=tracker, resume=resume,
+                              resume_state=resume_state, teacher=teacher)
+    for controller_class in load_controllers():  # e.g. QAT: refuses an already-quantized model
+        controller_class.check(context)
     if yolo.task not in ("detect", "segment"):
         raise SparsepipeError(f"'{model}' is a {yolo.task} model; sparsify supports detection and segmentation models.")
-    teacher_model = None
     if teacher:
         from sparsepipe.distillation import resolve_teacher  # heavy: pydantic, torch (via sparsepipe.distillation)
 
-        teacher_model = resolve_teacher(teacher, yolo)
-    validate_recipe(loaded, yolo.model, teacher=teacher_model)
+        context.teacher_model = resolve_teacher(teacher, yolo)
+    validate_recipe(loaded, yolo.model, teacher=context.teacher_model)
     session = RecipeSession(loaded, args, tracker, resume_state=resume_state)
     run = {"model": model, "data": data, "teacher": teacher, "config": dataclasses.asdict(config)}
     session.state_hooks.append(lambda: {"run": run})  # what --resume restores (_resumed_run)
-    distill = None
-    from sparsepipe.modifiers.distillation import DISTILLATION_MODIFIERS  # heavy: pydantic (via sparsepipe.modifiers.distillation)
-
-    if loaded.modifiers_of(*DISTILLATION_MODIFIERS):
-        from sparsepipe.distillation import DistillationSession  # heavy: pydantic, torch (via sparsepipe.distillation)
-
-        # The teacher resolved above for validation is reused, not loaded (or deep-copied) again.
-        distill = DistillationSession.create(loaded, yolo, teacher, tracker, teacher_model=teacher_model)
-    qat_controller = None
-    if quant is not None:  # quantization-aware training: prepared model + schedule (sparsepipe.qat)
-        from sparsepipe.qat_modules import QATController  # heavy: pydantic, torch, ultralytics (via sparsepipe.qat_modules)
-
-        qat_controller = QATController(loaded, session)
-        session.state_hooks.append(qat_controller.state)
-    from sparsepipe.channel_pruning import ChannelPruningController, channel_modifier, keep_architecture_trainer  # heavy: pydantic, torch (via sparsepipe.channel_pruning)
-
-    channels = None
-    from sparsepipe.channel_pruning import is_splitfree  # heavy: pydantic, torch (via sparsepipe.channel_pruning)
-
-    if distill is not None and is_splitfree(yolo.model):
-        raise SparsepipeError(
-            f"'{model}' is channel-pruned; distillation rebuilds the student from its YAML and does not "
-            f"support pruned architectures yet. Distill before channel pruning, or drop the distillation "
-            f"modifiers from this recipe.")
-    if channel_modifier(loaded) is not None:  # structured pruning: torch-pruning steps (sparsepipe.channel_pruning)
-        channels = ChannelPruningController(loaded, session, resume_state)
-        session.state_hooks.append(channels.state)
+    context.session = session
+    # the session, then distillation, QAT, channel pruning and any other registered controller
+    # (sparsepipe.controllers); each checks what it needs now, before training starts
+    controllers = create_controllers(context)
 
     # 2. Train.
     claim_out(out)
     for event, function in {**epoch_logger(tracker)}.items():
         yolo.add_callback(event, function)
-    for event, function in session.callbacks().items():
-        yolo.add_callback(event, function)
-    if qat_controller is not None:
-        for event, function in qat_controller.callbacks().items():
-            yolo.add_callback(event, function)
-    if channels is not None:
-        for event, function in channels.callbacks().items():
+    for controller in controllers:
+        for event, function in controller.callbacks().items():
             yolo.add_callback(event, function)
     for event, functions in (callbacks or {}).items():
         for function in functions:
@@ -261,15 +229,12 @@ def sparsify(
         # SparseML recipes give SGD learning rates (0.01...): ultralytics' "auto" would pick AdamW
         # for short runs, for which those rates are far too high.
         "optimizer": "SGD" if (config.optimizer == "auto" and session.controls_lr) else config.optimizer,
-        **({"lr0": config.lr0} if config.lr0 is not None else {}), **config.extra, **session.ultralytics_overrides(),
+        **({"lr0": config.lr0} if config.lr0 is not None else {}), **config.extra,
+        **{k: v for controller in controllers for k, v in controller.ultralytics_overrides().items()},
     }
-    trainer_cls = distill.trainer_class(yolo.task) if distill else trainer_class(yolo.task)
-    # a channel-pruned checkpoint keeps its own architecture; a channel-pruning run goes split-free
-    trainer_cls = keep_architecture_trainer(trainer_cls, convert=channels is not None)
-    if qat_controller is not None:
-        from sparsepipe.qat_modules import qat_trainer_class  # heavy: pydantic, torch, ultralytics (via sparsepipe.qat_modules)
-
-        trainer_cls = qat_trainer_class(trainer_cls, qat_controller)
+    trainer_cls = trainer_class(yolo.task)
+    for controller in sorted(controllers, key=lambda c: c.wrap_order):  # distillation, channels, QAT
+        trainer_cls = controller.trainer_class(trainer_cls, yolo.task)
     started = time.perf_counter()
     try:
         if resume:
@@ -308,15 +273,10 @@ def sparsify(
         "time_per_epoch_s": round(seconds / max(1, epochs_needed - (resume_state or {}).get("epoch", 0)), 3),
     }
     files_extra: dict[str, str] = {}
-    from sparsepipe.channel_pruning import channel_ratio, channel_table, is_splitfree, macs_and_params  # heavy: pydantic, torch (via sparsepipe.channel_pruning)
-
-    if is_splitfree(final):  # channel-pruned: GMACs / params / per-layer channels before and after
-        macs, _ = macs_and_params(final, config.imgsz)
-        metrics["gmacs"] = round(macs / 1e9, 6)
-        metrics["channel_ratio"] = round(channel_ratio(final), 4)
-        files_extra["channels"] = str(atomic_write_text(out / "channels.json", json.dumps(
-            {"imgsz": config.imgsz, "history": channels.history if channels else [],
-             "layers": channel_table(final)}, indent=2) + "\n"))
+    for controller in controllers:  # e.g. channel pruning: GMACs, per-layer channels (channels.json)
+        more_metrics, more_files = controller.results(final, out, config.imgsz)
+        metrics.update(more_metrics)
+        files_extra.update(more_files)
     result = StepResult(
         step="sparsify",
         out_dir=str(out),

@@ -49,6 +49,13 @@ def register_factory(
         _CANONICAL[name] = tag
 
 
+def unregister(tag: str) -> None:
+    """Stop serving ``tag`` and its aliases (tests that register a temporary modifier)."""
+    for name in [n for n, canonical in _CANONICAL.items() if canonical == tag]:
+        _REGISTRY.pop(name, None)
+        _CANONICAL.pop(name, None)
+
+
 def lookup(tag: str) -> Callable[[dict[str, Any], str], "Modifier"] | None:
     """The factory for ``tag`` or None."""
     return _REGISTRY.get(tag)
