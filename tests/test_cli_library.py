@@ -77,20 +77,10 @@ def test_data_cli_is_tracked_like_the_pipeline_step(tmp_path, mlflow_server, s3_
 
 
 def _tiny_onnx(path: Path, scale: float) -> Path:
-    import onnx
-    from onnx import TensorProto, helper
+    from test_registry import tiny_onnx  # the registry tests' y = x * scale graph
 
-    graph = helper.make_graph(
-        [helper.make_node("Mul", ["images", "scale"], ["output0"])], "tiny",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 4, 4])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 3, 4, 4])],
-        [helper.make_tensor("scale", TensorProto.FLOAT, [], [scale])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
+    return tiny_onnx(path, scale)
 
 
 def _variant_folders(root: Path) -> list[str]:
